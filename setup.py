@@ -1,0 +1,42 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tooln1-jax",
+    version="0.1.0",
+    description="Tool-N1 (GRPO for tool calling) on Qwen2.5, in JAX/Flax",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tooln1_jax", "tooln1_jax.*"]),
+    include_package_data=True,
+    package_data={"tooln1_jax": ["assets/**/*", "assets/*"]},
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "transformers>=4.51",
+        "tokenizers>=0.21",
+        "datasets>=3.0",
+        "safetensors>=0.4",
+        "gguf>=0.16",
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "torch==2.13.0",
+            "transformers>=4.51",
+            "gguf>=0.16",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
+        "tf": ["tensorflow-cpu>=2.16"],
+    },
+    entry_points={"console_scripts": ["tooln1=tooln1_jax.cli:main"]},
+)

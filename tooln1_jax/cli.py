@@ -1,0 +1,113 @@
+"""`tooln1` command line: parses arguments and dispatches; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _source_spec(text: str) -> tuple[str, str]:
+    name, sep, location = text.partition("=")
+    if not sep or not name or not location:
+        raise argparse.ArgumentTypeError(f"--source wants NAME=PATH_OR_HUB_ID, got {text!r}")
+    return name, location
+
+
+def _add_run_args(p: argparse.ArgumentParser, default_config: str) -> None:
+    p.add_argument("--config", default=None, help=f"YAML run config (default: the embedded {default_config})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=2e-6 (repeatable)")
+    p.add_argument("--run-dir", default=None, help="where checkpoints, metrics and plots go")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tooln1", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="convert raw tool-calling data into train/test parquet splits")
+    p.add_argument("--source", action="append", type=_source_spec, required=True, metavar="NAME=PATH",
+                   help="a raw data set: xlam|toolace|sharegpt|tooln1 = local file/dir or hub id (repeatable)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, help="drop prompts longer than this")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped Qwen2.5 one)")
+
+    p = sub.add_parser("train", help="GRPO training (no arguments: the CPU demo)")
+    _add_run_args(p, "demo")
+    p = sub.add_parser("sft", help="supervised baseline on the same records")
+    _add_run_args(p, "demo SFT")
+
+    p = sub.add_parser("generate", help="sample replies for chat messages")
+    p.add_argument("--model", required=True, help="HF directory, hub id, .gguf file or checkpoint directory")
+    p.add_argument("--messages", required=True, help="JSONL: one list of chat messages (or {messages: [...]}) per line")
+    p.add_argument("--tools", default=None, help="JSON file with a list of tools to offer the model")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+
+    p = sub.add_parser("eval", help="score a model or saved predictions on BFCL / API-Bank / ACEBench")
+    p.add_argument("benchmark", choices=["bfcl", "apibank", "acebench", "all"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF directory, .gguf file, or checkpoint / run directory")
+    src.add_argument("--predictions", help='JSONL file of {"id": ..., "reply": ...} lines')
+    p.add_argument("--out", required=True, help="output directory (results.jsonl, summary.json, summary.md)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many examples per category")
+    p.add_argument("--categories", default=None, help="comma-separated subset of categories")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--block", choices=["first", "last"], default=None,
+                   help="which <tool_call> block to read (default: first for BFCL, last otherwise)")
+    p.add_argument("--native-tools", action="store_true", help="use the chat template's tools= branch")
+    p.add_argument("--dtype", default=None)
+
+    p = sub.add_parser("export", help="write a checkpoint's parameters as a Hugging Face directory")
+    p.add_argument("checkpoint", help="run directory or checkpoint step directory")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("convert", help="convert a model (HF dir, hub id, .gguf) into a Hugging Face directory")
+    p.add_argument("source")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "prepare-data":
+        from tooln1_jax.data import prepare
+
+        prepare.run(dict(args.source), args.out, seed=args.seed, test_fraction=args.test_fraction,
+                    max_prompt_tokens=args.max_prompt_tokens, tokenizer_dir=args.tokenizer)
+    elif args.command in ("train", "sft"):
+        from tooln1_jax.train import entry
+
+        entry.run(args.command, config_path=args.config, overrides=args.overrides, run_dir=args.run_dir,
+                  resume=args.resume)
+    elif args.command == "generate":
+        from tooln1_jax.rollout import generate_cli
+
+        generate_cli.run(args)
+    elif args.command == "eval":
+        from tooln1_jax.eval import benchmarks
+
+        benchmarks.run_cli(args)
+    elif args.command == "export":
+        from tooln1_jax.train import checkpoint
+
+        checkpoint.export_hf(args.checkpoint, args.out)
+    elif args.command == "convert":
+        from tooln1_jax.models import weights
+
+        config, params = weights.load(args.source)
+        weights.save_hf(config, params, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

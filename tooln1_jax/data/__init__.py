@@ -1,0 +1,1 @@
+"""Framework-neutral data handling (no jax import)."""
