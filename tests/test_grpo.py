@@ -219,7 +219,7 @@ def case_batch(cases, dtype=np.float32):
     old = rng.uniform(-3, -0.5, size=(len(cases), 3)).astype(dtype)
     logp = old.copy()
     logp[:, 0] = old[:, 0] + np.log([c[1] for c in cases])
-    logp[:, 1:] = -np.inf  # padding garbage must not matter
+    logp[:, 1:] = np.nan  # padding garbage must reach neither the loss nor the gradient
     mask = np.zeros((len(cases), 3), np.float32)
     mask[:, 0] = 1
     return logp, old, adv, mask
