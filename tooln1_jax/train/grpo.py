@@ -26,16 +26,7 @@ def group_advantages(rewards: Array, group_size: int, eps: float = 1e-6, *, scal
     `scale_rewards=False`) just r_i - mean(group). A group whose rewards are all equal gets exactly 0, even when
     float rounding would leave a tiny residual that the 1e-6 denominator blows up.
     """
-    r = _as_float(rewards)
-    if r.ndim != 1:
-        raise ValueError(f"group_advantages: rewards must be 1-D [batch], got shape {r.shape}")
-    if group_size < 2:
-        raise ValueError(f"group_advantages: group_size must be >= 2 (the group std uses ddof=1), got {group_size}")
-    if r.shape[0] % group_size:
-        raise ValueError(
-            f"group_advantages: batch of {r.shape[0]} rewards is not a whole number of groups of {group_size}"
-        )
-    groups = r.reshape(-1, group_size)
+    groups = _groups("group_advantages", rewards, group_size)
     centred = groups - groups.mean(axis=1, keepdims=True)
     if scale_by_std:
         centred = centred / (groups.std(axis=1, ddof=1, keepdims=True) + eps)
@@ -49,13 +40,25 @@ def group_reward_metrics(rewards: Array, group_size: int) -> dict[str, Array]:
     `reward/all_equal_group_frac` is the fraction of groups whose G rewards are all equal: their advantages are 0,
     so their samples teach nothing (wasted rollouts).
     """
-    groups = _as_float(rewards).reshape(-1, group_size)
+    groups = _groups("group_reward_metrics", rewards, group_size)
     all_equal = groups.max(axis=1) == groups.min(axis=1)
     return {
         "reward/mean": groups.mean().astype(jnp.float32),
         "reward/std": groups.std().astype(jnp.float32),
         "reward/all_equal_group_frac": all_equal.mean().astype(jnp.float32),
     }
+
+
+def _groups(caller: str, rewards: Array, group_size: int) -> Array:
+    """rewards [B] -> [B / G, G], checking that the batch is made of whole groups of G >= 2."""
+    r = _as_float(rewards)
+    if r.ndim != 1:
+        raise ValueError(f"{caller}: rewards must be 1-D [batch], got shape {r.shape}")
+    if group_size < 2:
+        raise ValueError(f"{caller}: group_size must be >= 2 (the group std uses ddof=1), got {group_size}")
+    if r.shape[0] % group_size:
+        raise ValueError(f"{caller}: batch of {r.shape[0]} rewards is not a whole number of groups of {group_size}")
+    return r.reshape(-1, group_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------
