@@ -330,7 +330,7 @@ def toolace_tools(system: str) -> tuple[str, list | None] | None:
 
 
 def _dialogue_examples(out: Converted, source: str, row_index: int, system: str | None, tools: list,
-                       turns: list, parse_call: Callable[[str], tuple[list | None, str | None]]) -> None:
+                       turns: list, parse_call: Callable[[str, str], tuple[list | None, str | None]]) -> None:
     """One example per assistant call turn, its context all earlier turns; counts what it cannot use.
 
     `parse_call(value, from_)` gives (calls, None) for a call turn, (None, reason) for a broken call turn (dropped,
