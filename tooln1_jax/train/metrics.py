@@ -1,5 +1,6 @@
-"""Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars when tensorflow is
-importable, sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be jax scalars).
+"""Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars when tensorflow and
+tensorboard are importable, sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
+jax scalars).
 
 Resuming: `MetricsLogger(run_dir, resume_step=k)` first drops the lines with step > k from both files (the steps
 the interrupted run logged after its last checkpoint), so the resumed run's files equal an uninterrupted run's.
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 class MetricsLogger:
     """Writes `run_dir/metrics.jsonl` ({"step": step, **metrics} per line, flushed) and, with `log_samples`,
-    `run_dir/samples.jsonl`. `tensorboard`: True = required, False = off, None = on when tensorflow imports.
+    `run_dir/samples.jsonl`. `tensorboard`: True = required, False = off, None = on when tensorflow and
+    tensorboard import.
     `resume_step`: the step of the checkpoint a resumed run starts from (see the module docstring); without it
     the files are appended to, and logging a step below one already in a file is an error."""
 
@@ -227,12 +229,13 @@ def _open_tensorboard(logdir: Path, wanted: bool | None) -> _TensorBoard | None:
     if wanted is False:
         return None
     try:
+        import tensorboard  # noqa: F401  (tf.summary needs it; tensorflow >= 2.20 no longer installs it)
         import tensorflow as tf
     except ImportError:
         if wanted:
-            raise ImportError("MetricsLogger(tensorboard=True) needs tensorflow: "
+            raise ImportError("MetricsLogger(tensorboard=True) needs tensorflow and tensorboard: "
                               "pip install 'tooln1-jax[tf]'") from None
-        logger.warning("tensorflow is not installed: TensorBoard logging off (metrics.jsonl only)")
+        logger.warning("tensorflow/tensorboard not installed: TensorBoard logging off (metrics.jsonl only)")
         return None
     try:  # TensorFlow must not take accelerator memory from JAX
         tf.config.set_visible_devices([], "GPU")
