@@ -31,12 +31,13 @@ setup(
             "hypothesis>=6.100",
             "torch==2.13.0",
             "transformers>=4.51",
+            "accelerate>=1.0",  # transformers needs it to read GGUF files (the real-weights parity test)
             "gguf>=0.16",
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
         ],
-        "tf": ["tensorflow-cpu>=2.16"],
+        "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16"],  # TF >= 2.20 no longer pulls tensorboard
     },
     entry_points={"console_scripts": ["tooln1=tooln1_jax.cli:main"]},
 )
