@@ -202,7 +202,8 @@ def test_sharegpt_conversations_good_and_malformed(tmp_path):
         ]},
         {"tools": tools, "conversations": [  # 1: undecodable call, then a call to an unknown tool
             {"from": "human", "value": "x"}, {"from": "function_call", "value": "{\"name\": \"weather\", "},
-            {"from": "human", "value": "y"}, {"from": "function_call", "value": "{\"name\": \"pay\", \"arguments\": {}}"},
+            {"from": "human", "value": "y"},
+            {"from": "function_call", "value": "{\"name\": \"pay\", \"arguments\": {}}"},
         ]},
         {"tools": "[]", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
         {"tools": tools, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
