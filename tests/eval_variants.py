@@ -227,3 +227,24 @@ def _py_literal(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_py_literal(k)}: {_py_literal(v)}" for k, v in value.items()) + "}"
     return repr(value)
+
+
+# Examples whose ground truth, copied into a reply, fails (under the official checker too: the oracle is one of
+# the candidates of test_bfcl_official_agreement).
+BFCL_GROUND_TRUTH_DEFECTS = {
+    "simple_363": "ground truth names 'find_closest'; the offered function is 'restaurant_search.find_closest'",
+    "live_simple_106-63-0": "required arguments whose accepted-values list is empty ([])",
+    "live_simple_112-68-0": "required arguments whose accepted-values list is empty ([])",
+    "live_multiple_507-149-4": "required 'origin_airport' is accepted only when omitted ([''])",
+    "live_multiple_862-181-3": "ground truth needs 'journey_start_time', which the function does not have",
+    "live_multiple_964-207-0": "ground truth needs 'question'; the function's (required) argument is 'statement'",
+}
+
+
+# Oracle replies that fail without the whitespace removal too: the ground truth itself cannot pass upstream.
+ACEBENCH_GROUND_TRUTH_DEFECTS = {
+    "normal_single_turn_parallel_function_42":
+        "expects event_details=[] for an array: upstream's item type check iterates the expected value, so an "
+        "expected empty list never passes",
+    "normal_preference_40": "expects strings where the schema declares an array of objects",
+}

@@ -172,15 +172,6 @@ def test_the_upstream_expected_equals_schema_shortcut_matches_the_reference(shor
     assert ours == shortcut_holds == acebench_official.official_verdict([taxi], "[taxi(to='somewhere')]", truth)
 
 
-# Oracle replies that fail without the whitespace removal too: the ground truth itself cannot pass upstream.
-ACEBENCH_GROUND_TRUTH_DEFECTS = {
-    "normal_single_turn_parallel_function_42":
-        "expects event_details=[] for an array: upstream's item type check iterates the expected value, so an "
-        "expected empty list never passes",
-    "normal_preference_40": "expects strings where the schema declares an array of objects",
-}
-
-
 def _spaced_string_in_a_list_inside_an_object(value, in_object=False, in_list=False) -> bool:
     if isinstance(value, str):
         return in_object and in_list and " " in value
@@ -198,7 +189,7 @@ def test_oracle_replies_pass_except_whitespace_stripped_containers_and_documente
         oracle = eval_variants.acebench_oracle(truth[0] if isinstance(truth, list) else truth)
         as_upstream = acebench.check(example.tools, oracle, truth, category)
         without_stripping = acebench.check(example.tools, oracle, truth, category, strip_whitespace=False)
-        if example.id in ACEBENCH_GROUND_TRUTH_DEFECTS:
+        if example.id in eval_variants.ACEBENCH_GROUND_TRUTH_DEFECTS:
             assert not as_upstream.valid and not without_stripping.valid, example.id
         elif not as_upstream.valid:
             # Upstream strips the reply's spaces; a string with spaces in a list inside an object is compared

@@ -169,17 +169,6 @@ def test_malformed_calls_and_unknown_categories():
         bfcl.check([NEWS], [], None, "java")
 
 
-# Ground truths that no reply can satisfy, under the official checker too (see test_bfcl_official_agreement).
-BFCL_GROUND_TRUTH_DEFECTS = {
-    "simple_363": "ground truth names 'find_closest'; the offered function is 'restaurant_search.find_closest'",
-    "live_simple_106-63-0": "required arguments whose accepted-values list is empty ([])",
-    "live_simple_112-68-0": "required arguments whose accepted-values list is empty ([])",
-    "live_multiple_507-149-4": "required 'origin_airport' is accepted only when omitted ([''])",
-    "live_multiple_862-181-3": "ground truth needs 'journey_start_time', which the function does not have",
-    "live_multiple_964-207-0": "ground truth needs 'question'; the function's (required) argument is 'statement'",
-}
-
-
 @pytest.mark.parametrize("category", bfcl.AST_CATEGORIES)
 def test_oracle_replies_score_100_percent_except_documented_ground_truth_defects(category):
     failures = {}
@@ -188,7 +177,7 @@ def test_oracle_replies_score_100_percent_except_documented_ground_truth_defects
         verdict = bfcl.check(example.tools, calls, example.ground_truth, category)
         if not verdict.valid:
             failures[example.id] = verdict.reason
-    expected = {i for i in BFCL_GROUND_TRUTH_DEFECTS if i.rsplit("_", 1)[0] == category}
+    expected = {i for i in eval_variants.BFCL_GROUND_TRUTH_DEFECTS if i.rsplit("_", 1)[0] == category}
     assert set(failures) == expected, failures
 
 

@@ -1,0 +1,352 @@
+"""Evaluate on BFCL / ACEBench / API-Bank: build prompts, generate, parse, score, aggregate, write the results.
+
+Two ways in, one scoring path:
+- `evaluate(benchmark, model_or_replies_fn, ...)`: prompts are rendered with the Tool-N1 system prompt
+  (`tooln1_jax.data.prompts.render`), replies come from a model (greedy, batched) or any `replies_fn(prompts)`.
+- `score_predictions(benchmark, path, ...)`: replies produced anywhere, one JSON object per line with `id` and
+  `reply`; bad lines, unknown, duplicate and missing ids are reported, never fatal.
+Scoring and aggregation import no jax; only the model path does (lazily, in `model_replies_fn`).
+
+Outputs (`write_outputs`): `results.jsonl` (id, benchmark, category, reply, calls, status, valid, reason; API-Bank
+rows also `exact`), `summary.json` ({benchmark: summary} plus the predictions problems) and `summary.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tooln1_jax.eval import datasets, report
+from tooln1_jax.eval.checkers import acebench, apibank, bfcl
+from tooln1_jax.eval.checkers.common import Verdict, calls_from_records
+from tooln1_jax.eval.datasets import Example
+from tooln1_jax.rewards import toolcall
+
+# Which <tool_call> block of a reply is read: Tool-N1's BFCL runs read the first, the training reward the last.
+DEFAULT_BLOCK = {"bfcl": "first", "acebench": "last", "apibank": "last"}
+ACEBENCH_ATOM = tuple(c for c in acebench.CATEGORIES if c.startswith("atom_"))
+ACEBENCH_SINGLE_TURN = tuple(c for c in acebench.CATEGORIES if c.startswith("single_turn_"))
+
+RepliesFn = Callable[[list[str]], list[str]]
+
+
+@dataclass
+class Evaluation:
+    """Scored rows (one per example), the summary per benchmark, and what was wrong with a predictions file."""
+
+    rows: list[dict]
+    summaries: dict[str, dict]
+    problems: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+def check(example: Example, calls: list[dict] | None) -> Verdict:
+    """The benchmark's verdict on decoded calls in the benchmarks' `[{name: {arg: value}}]` form."""
+    if example.benchmark == "bfcl":
+        return bfcl.check(example.tools, calls, example.ground_truth, example.category)
+    if example.benchmark == "acebench":
+        return acebench.check(example.tools, calls, example.ground_truth, example.category)
+    if example.benchmark == "apibank":
+        return apibank.check(example.tools, calls, example.ground_truth)
+    raise ValueError(f"unknown benchmark {example.benchmark!r}")
+
+
+def score_reply(example: Example, reply: str, block: str | None = None) -> dict:
+    """One results row: the reply parsed (FIRST or LAST `<tool_call>` block) and checked."""
+    parsed = toolcall.parse_reply(reply, block or DEFAULT_BLOCK[example.benchmark])
+    calls = calls_from_records(parsed.calls)
+    verdict = check(example, calls)
+    reason = verdict.reason
+    if not verdict.valid and parsed.status != toolcall.OK:
+        reason = f"{parsed.status}: {reason}"
+    row = {"id": example.id, "benchmark": example.benchmark, "category": example.category, "reply": reply,
+           "calls": parsed.calls, "status": parsed.status, "valid": verdict.valid, "reason": reason}
+    if example.benchmark == "apibank":
+        row["exact"] = apibank.check(example.tools, calls, example.ground_truth, exact=True).valid
+    return row
+
+
+def score(examples: Sequence[Example], replies: Sequence[str], block: str | None = None) -> list[dict]:
+    if len(examples) != len(replies):
+        raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
+    return [score_reply(e, r, block) for e, r in zip(examples, replies)]
+
+
+# ------------------------------------------------------------------------------------------------ aggregation
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(benchmark: str, rows: Sequence[dict]) -> dict:
+    """Per-category accuracy and the paper's aggregates (fractions in [0, 1]; None where nothing was scored).
+
+    BFCL: non_live = plain mean of the simple, multiple, parallel, parallel_multiple accuracies; live = accuracy
+    over all examples of the four live AST categories; overall = mean of the two (as Tool-N1 reports); the
+    relevance categories are reported on their own. ACEBench: unweighted means over categories, as ACEBench's
+    own tables: atom (6 categories), single_turn (2), summary over the paper's subset (atom + single_turn) and
+    normal over every category scored. API-Bank: accuracy over the calls, and the strict exact-match accuracy.
+    `partial` lists the aggregates computed without some of their categories (a --categories subset).
+    """
+    categories: dict[str, dict] = {}
+    for row in rows:
+        stats = categories.setdefault(row["category"], {"n": 0, "correct": 0})
+        stats["n"] += 1
+        stats["correct"] += bool(row["valid"])
+        if "exact" in row:
+            stats["exact_correct"] = stats.get("exact_correct", 0) + bool(row["exact"])
+    order = list(datasets.categories_of(benchmark))
+    categories = {c: categories[c] for c in sorted(categories, key=order.index)}
+    for stats in categories.values():
+        stats["accuracy"] = stats["correct"] / stats["n"]
+        if "exact_correct" in stats:
+            stats["exact_accuracy"] = stats["exact_correct"] / stats["n"]
+
+    def acc(names):
+        return [categories[c]["accuracy"] for c in names if c in categories]
+
+    def partial(names):
+        return any(c not in categories for c in names)
+
+    if benchmark == "bfcl":
+        live = [categories[c] for c in bfcl.LIVE if c in categories]
+        non_live_acc = _mean(acc(bfcl.NON_LIVE))
+        live_acc = sum(s["correct"] for s in live) / sum(s["n"] for s in live) if live else None
+        overall = (non_live_acc + live_acc) / 2 if non_live_acc is not None and live_acc is not None else None
+        aggregates = {"non_live": non_live_acc, "live": live_acc, "overall": overall}
+        partial_of = {"non_live": partial(bfcl.NON_LIVE), "live": partial(bfcl.LIVE),
+                      "overall": partial(bfcl.AST_CATEGORIES)}
+    elif benchmark == "acebench":
+        aggregates = {"atom": _mean(acc(ACEBENCH_ATOM)), "single_turn": _mean(acc(ACEBENCH_SINGLE_TURN)),
+                      "summary": _mean(acc(acebench.PAPER_SUBSET)), "normal": _mean(acc(acebench.CATEGORIES))}
+        partial_of = {"atom": partial(ACEBENCH_ATOM), "single_turn": partial(ACEBENCH_SINGLE_TURN),
+                      "summary": partial(acebench.PAPER_SUBSET), "normal": partial(acebench.CATEGORIES)}
+    elif benchmark == "apibank":
+        n = sum(s["n"] for s in categories.values())
+        aggregates = {"accuracy": sum(s["correct"] for s in categories.values()) / n if n else None,
+                      "exact_accuracy": sum(s.get("exact_correct", 0) for s in categories.values()) / n if n else None}
+        partial_of = {}
+    else:
+        raise ValueError(f"unknown benchmark {benchmark!r}")
+    return {"benchmark": benchmark, "n": sum(s["n"] for s in categories.values()), "categories": categories,
+            "aggregates": aggregates, "partial": sorted(k for k, v in partial_of.items() if v)}
+
+
+# ------------------------------------------------------------------------------------------------ model path
+
+def build_prompts(examples: Sequence[Example], tokenizer, native_tools: bool = False) -> list[str]:
+    from tooln1_jax.data import prompts
+
+    return [prompts.render(e.record(), tokenizer, native_tools) for e in examples]
+
+
+def load_model(path: str | os.PathLike, dtype: str | None = None):
+    """(config, params) from an HF directory or .gguf file, or from a training run / checkpoint directory."""
+    p = Path(path)
+    if p.suffix == ".gguf" or (p.is_dir() and (p / "config.json").exists()) or not p.exists():
+        from tooln1_jax.models import weights
+
+        return weights.load(str(path), dtype=dtype)
+    from tooln1_jax.train import checkpoint  # a run or checkpoint directory
+
+    return checkpoint.load_model(str(path))
+
+
+def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, batch_size: int = 16) -> RepliesFn:
+    """Greedy replies from the project's sampler, `batch_size` prompts at a time, with a progress bar."""
+    from tooln1_jax.rollout import sampler
+
+    stop_ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+
+    def replies(prompts: list[str]) -> list[str]:
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+        out: list[str | None] = [None] * len(ids)
+        with tqdm(total=len(ids), desc="generate", unit="prompt", disable=None) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                rollout = sampler.generate(config, params, [ids[i] for i in batch], num_samples=1,
+                                           max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=stop_ids)
+                for row, i in enumerate(batch):
+                    tokens = [int(t) for t in rollout.tokens[row][:int(rollout.lengths[row])]]
+                    cut = next((k for k, t in enumerate(tokens) if t in stop_ids), len(tokens))
+                    out[i] = tokenizer.decode(tokens[:cut])
+                bar.update(len(batch))
+        return out
+
+    return replies
+
+
+def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories: list[str] | None = None,
+             limit: int | None = None, block: str | None = None, native_tools: bool = False,
+             tokenizer=None, max_new_tokens: int = 512, batch_size: int = 16, dtype: str | None = None,
+             out: str | os.PathLike | None = None) -> Evaluation:
+    """Generate and score. `model`: a model path (HF dir, .gguf, run or checkpoint dir), or a function taking
+    the prompt texts and returning the replies. With `out`, the results are written there too."""
+    from tooln1_jax import assets
+
+    benchmarks = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
+    if tokenizer is None:
+        tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
+    if isinstance(model, (str, os.PathLike)):
+        config, params = load_model(model, dtype)
+        replies_fn = model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size)
+    else:
+        replies_fn = model
+    rows, summaries = [], {}
+    for name in benchmarks:
+        examples = datasets.load(name, _categories_for(name, categories, benchmark), limit)
+        replies = replies_fn(build_prompts(examples, tokenizer, native_tools))
+        bench_rows = score(examples, replies, block)
+        rows += bench_rows
+        summaries[name] = summarize(name, bench_rows)
+    evaluation = Evaluation(rows, summaries)
+    if out is not None:
+        write_outputs(evaluation, out)
+    return evaluation
+
+
+def _categories_for(name: str, categories: list[str] | None, benchmark: str) -> list[str] | None:
+    """With "all", a category list applies to the benchmarks that have those categories."""
+    if not categories or benchmark != "all":
+        return categories
+    own = [c for c in categories if c in datasets.categories_of(name)]
+    return own or None
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+
+def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list]]:
+    """{id: reply} from a JSONL file, and the problems: bad lines (with their numbers) and duplicate ids.
+
+    A line that is not a JSON object with a string `id` and a string `reply` is reported and skipped; of
+    duplicate ids the first line wins and the others are reported.
+    """
+    replies: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    bad_lines, duplicates = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad_lines.append({"line": number, "error": f"not JSON ({e.msg})"})
+                continue
+            if not isinstance(row, dict):
+                bad_lines.append({"line": number, "error": f"not a JSON object ({type(row).__name__})"})
+            elif not isinstance(row.get("id"), str) or not row["id"]:
+                bad_lines.append({"line": number, "error": "no string 'id'"})
+            elif not isinstance(row.get("reply"), str):
+                bad_lines.append({"line": number, "error": f"id {row['id']!r}: no string 'reply'"})
+            elif row["id"] in replies:
+                duplicates.append({"line": number, "id": row["id"], "first_line": first_line[row["id"]]})
+            else:
+                replies[row["id"]] = row["reply"]
+                first_line[row["id"]] = number
+    return replies, {"bad_lines": bad_lines, "duplicate_ids": duplicates}
+
+
+def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: list[str] | None = None,
+                      limit: int | None = None, block: str | None = None,
+                      out: str | os.PathLike | None = None) -> Evaluation:
+    """Score a predictions file. Categories without any prediction are left out (and listed); a missing id in
+    a scored category counts as wrong (reason "missing prediction"); ids of no example are listed as unknown."""
+    replies, problems = read_predictions(path)
+    benchmarks = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
+    known_ids: set[str] = set()
+    rows, summaries, missing, unscored = [], {}, [], []
+    for name in benchmarks:
+        examples = datasets.load(name, _categories_for(name, categories, benchmark), limit)
+        known_ids.update(e.id for e in datasets.load(name))
+        covered = {e.category for e in examples if e.id in replies}
+        unscored += [f"{name}/{c}" for c in dict.fromkeys(e.category for e in examples) if c not in covered]
+        bench_rows = []
+        for example in examples:
+            if example.category not in covered:
+                continue
+            if example.id in replies:
+                bench_rows.append(score_reply(example, replies[example.id], block))
+            else:
+                missing.append(example.id)
+                bench_rows.append(_missing_row(example))
+        if bench_rows:
+            rows += bench_rows
+            summaries[name] = summarize(name, bench_rows)
+    problems.update(unknown_ids=sorted(set(replies) - known_ids), missing_ids=missing,
+                    categories_without_predictions=unscored)
+    evaluation = Evaluation(rows, summaries, problems)
+    if out is not None:
+        write_outputs(evaluation, out)
+    return evaluation
+
+
+def _missing_row(example: Example) -> dict:
+    row = {"id": example.id, "benchmark": example.benchmark, "category": example.category, "reply": None,
+           "calls": None, "status": "missing", "valid": False, "reason": "missing prediction"}
+    if example.benchmark == "apibank":
+        row["exact"] = False
+    return row
+
+
+def problems_text(problems: dict[str, Any], limit: int = 20) -> str:
+    """The predictions problems, one block per kind, at most `limit` entries each."""
+    lines = []
+    for line in problems.get("bad_lines", [])[:limit]:
+        lines.append(f"bad line {line['line']}: {line['error']}")
+    for d in problems.get("duplicate_ids", [])[:limit]:
+        lines.append(f"duplicate id {d['id']!r} on line {d['line']} (first on line {d['first_line']}; kept)")
+    for kind, label in (("unknown_ids", "unknown ids"), ("missing_ids", "missing ids (scored as wrong)"),
+                        ("categories_without_predictions", "categories without predictions (not scored)")):
+        items = problems.get(kind, [])
+        if items:
+            shown = ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+            lines.append(f"{label}: {shown}")
+    for kind in ("bad_lines", "duplicate_ids"):
+        if len(problems.get(kind, [])) > limit:
+            lines.append(f"... {len(problems[kind])} {kind.replace('_', ' ')} in all")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ outputs, CLI
+
+def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w", encoding="utf-8") as f:
+        for row in evaluation.rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = dict(evaluation.summaries)
+    if evaluation.problems:
+        summary["predictions_problems"] = evaluation.problems
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(report.markdown(evaluation.summaries) + "\n", encoding="utf-8")
+    return out
+
+
+def run_cli(args) -> None:
+    """`tooln1 eval BENCHMARK (--model PATH | --predictions FILE) --out DIR [...]`: score, write, print the table."""
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    if args.predictions:
+        evaluation = score_predictions(args.benchmark, args.predictions, categories=categories, limit=args.limit,
+                                       block=args.block, out=args.out)
+    else:
+        evaluation = evaluate(args.benchmark, args.model, categories=categories, limit=args.limit,
+                              block=args.block, native_tools=args.native_tools,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype,
+                              out=args.out)
+    issues = problems_text(evaluation.problems)
+    if issues:
+        print(issues, file=sys.stderr)
+    print(report.markdown(evaluation.summaries))
+    print(f"\nwrote {Path(args.out) / 'results.jsonl'} and summary.json / summary.md")
