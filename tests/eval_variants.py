@@ -15,6 +15,27 @@ from typing import Any, Iterator
 _MISSING = object()
 
 
+# ------------------------------------------------------------------------------------------------ reply texts
+
+def reply_with(calls_in_benchmark_form, think="I should call the tools.") -> str:
+    records = [{"name": name, "arguments": args} for call in calls_in_benchmark_form for name, args in call.items()]
+    return f"<think>{think}</think>\n<tool_call>{json.dumps(records)}</tool_call>"
+
+
+def oracle_reply(example) -> str:
+    """A reply text a perfect model would give to a `datasets.Example`."""
+    truth = example.ground_truth
+    if example.benchmark == "bfcl":
+        if truth is None:  # relevance categories: "no call" for irrelevance, any call for relevance
+            if example.category == "live_relevance":
+                return reply_with([{example.tools[0]["name"]: {}}])
+            return "<think>None of the functions fits.</think><tool_call>[]</tool_call>"
+        return reply_with(bfcl_oracle(example.tools, truth))
+    if example.benchmark == "acebench":
+        return reply_with(acebench_oracle(truth[0] if isinstance(truth, list) else truth))
+    return reply_with([{truth["api_name"]: truth["param_dict"]}])
+
+
 # ------------------------------------------------------------------------------------------------ BFCL
 
 def bfcl_value(accepted: list, required: bool = False, *, first: bool = True) -> Any:

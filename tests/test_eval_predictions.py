@@ -17,28 +17,10 @@ from tooln1_jax.eval.checkers import acebench
 REPO = Path(__file__).resolve().parent.parent
 
 
-def reply_with(calls_in_benchmark_form, think="I should call the tools.") -> str:
-    records = [{"name": name, "arguments": args} for call in calls_in_benchmark_form for name, args in call.items()]
-    return f"<think>{think}</think>\n<tool_call>{json.dumps(records)}</tool_call>"
-
-
-def oracle_reply(example) -> str:
-    truth = example.ground_truth
-    if example.benchmark == "bfcl":
-        if truth is None:  # relevance categories: "no call" for irrelevance, any call for relevance
-            if example.category == "live_relevance":
-                return reply_with([{example.tools[0]["name"]: {}}])
-            return "<think>None of the functions fits.</think><tool_call>[]</tool_call>"
-        return reply_with(eval_variants.bfcl_oracle(example.tools, truth))
-    if example.benchmark == "acebench":
-        return reply_with(eval_variants.acebench_oracle(truth[0] if isinstance(truth, list) else truth))
-    return reply_with([{truth["api_name"]: truth["param_dict"]}])
-
-
 @pytest.mark.parametrize("benchmark", datasets.BENCHMARKS)
 def test_oracle_reply_texts_score_100_percent_through_parsing(benchmark):
     examples = datasets.load(benchmark)
-    rows = benchmarks.score(examples, [oracle_reply(e) for e in examples])
+    rows = benchmarks.score(examples, [eval_variants.oracle_reply(e) for e in examples])
     wrong = {r["id"] for r in rows if not r["valid"]}
     if benchmark == "bfcl":
         assert wrong == set(eval_variants.BFCL_GROUND_TRUTH_DEFECTS)
@@ -64,12 +46,12 @@ def test_empty_replies_score_0_on_call_categories_and_100_on_irrelevance(benchma
 
 def test_bfcl_reads_the_first_block_by_default_and_the_last_on_request():
     example = datasets.load("bfcl", ["simple"], limit=1)[0]
-    good = oracle_reply(example)
+    good = eval_variants.oracle_reply(example)
     reply = "<think>t</think><tool_call>[]</tool_call> " + good[good.index("<tool_call>"):]
     assert not benchmarks.score_reply(example, reply)["valid"]
     assert benchmarks.score_reply(example, reply, block="last")["valid"]
     acebench_example = datasets.load("acebench", ["atom_bool"], limit=1)[0]
-    good = oracle_reply(acebench_example)
+    good = eval_variants.oracle_reply(acebench_example)
     reply = "<tool_call>[]</tool_call>" + good
     assert benchmarks.score_reply(acebench_example, reply)["valid"]  # last block elsewhere
     assert not benchmarks.score_reply(acebench_example, reply, block="first")["valid"]
@@ -110,12 +92,12 @@ def _made_up_predictions(path):
     lines, expected_valid = [], {}
     for i, example in enumerate(simple):
         right = i % 3 != 0
-        reply = oracle_reply(example) if right else reply_with([{example.tools[0]["name"]: {"x": 1}}])
+        reply = eval_variants.oracle_reply(example) if right else eval_variants.reply_with([{example.tools[0]["name"]: {"x": 1}}])
         lines.append(json.dumps({"id": example.id, "reply": reply}))
         expected_valid[example.id] = right
     for i, example in enumerate(irrelevance):
         right = i % 4 != 0
-        reply = "<think>no</think><tool_call>[]</tool_call>" if right else reply_with([{example.tools[0]["name"]: {}}])
+        reply = "<think>no</think><tool_call>[]</tool_call>" if right else eval_variants.reply_with([{example.tools[0]["name"]: {}}])
         lines.append(json.dumps({"id": example.id, "reply": reply}))
         expected_valid[example.id] = right
     lines.insert(5, "{not json")                                          # line 6
@@ -162,7 +144,7 @@ def test_cli_scores_a_predictions_file_and_reports_its_problems(tmp_path, capsys
 
 def test_categories_without_predictions_are_left_out_and_listed(tmp_path):
     example = datasets.load("bfcl", ["multiple"], limit=1)[0]
-    (tmp_path / "p.jsonl").write_text(json.dumps({"id": example.id, "reply": oracle_reply(example)}) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": example.id, "reply": eval_variants.oracle_reply(example)}) + "\n")
     evaluation = benchmarks.score_predictions("bfcl", tmp_path / "p.jsonl", limit=1)
     assert list(evaluation.summaries["bfcl"]["categories"]) == ["multiple"]
     assert evaluation.summaries["bfcl"]["categories"]["multiple"]["accuracy"] == 1.0
@@ -172,7 +154,7 @@ def test_categories_without_predictions_are_left_out_and_listed(tmp_path):
 
 def test_all_benchmarks_in_one_predictions_file(tmp_path):
     examples = [e for b in datasets.BENCHMARKS for e in datasets.load(b, limit=1)]
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": e.id, "reply": oracle_reply(e)}) + "\n"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": e.id, "reply": eval_variants.oracle_reply(e)}) + "\n"
                                               for e in examples))
     evaluation = benchmarks.score_predictions("all", tmp_path / "p.jsonl", limit=1, out=tmp_path / "out")
     assert set(evaluation.summaries) == set(datasets.BENCHMARKS)
@@ -183,7 +165,7 @@ def test_all_benchmarks_in_one_predictions_file(tmp_path):
 
 def test_scoring_predictions_never_imports_jax(tmp_path):
     example = datasets.load("bfcl", ["simple"], limit=1)[0]
-    (tmp_path / "p.jsonl").write_text(json.dumps({"id": example.id, "reply": oracle_reply(example)}) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": example.id, "reply": eval_variants.oracle_reply(example)}) + "\n")
     code = (f"import sys; from tooln1_jax.eval import benchmarks, report; "
             f"e = benchmarks.score_predictions('bfcl', {str(tmp_path / 'p.jsonl')!r}, limit=1, "
             f"out={str(tmp_path / 'o')!r}); report.category_bar_chart(e.summaries, {str(tmp_path / 'c.png')!r}); "
