@@ -1,7 +1,7 @@
-"""Candidate replies for the checker tests: oracles built from the ground truth, and many perturbations of them.
+"""Helpers of the evaluation tests: reply texts, oracles built from the ground truth and many perturbations of them
+(the agreement tests compare ours and the official checkers on these), and a tiny random Qwen2 to generate with.
 
-Used by the agreement tests (ours vs the official checkers) and the oracle tests. Deterministic: the perturbations
-are drawn from a `random.Random` seeded by the caller.
+Deterministic: the perturbations are drawn from a `random.Random` seeded by the caller.
 """
 
 from __future__ import annotations
@@ -269,3 +269,23 @@ ACEBENCH_GROUND_TRUTH_DEFECTS = {
         "expected empty list never passes",
     "normal_preference_40": "expects strings where the schema declares an array of objects",
 }
+
+
+# ------------------------------------------------------------------------------------------------ tiny model
+
+def make_tiny_qwen(path, seed=0):
+    """A random 2-layer Qwen2 with the Qwen2.5 vocabulary, saved with transformers (no tokenizer files)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         max_position_embeddings=4096)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # non-trivial biases and norms, so the replies depend on them
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.3)
+    model.save_pretrained(path)
+    return model

@@ -100,24 +100,6 @@ def test_evaluate_passes_prompts_in_example_order_and_scores_each_reply(tokenize
     assert (tmp_path / "results.jsonl").exists() and (tmp_path / "summary.md").exists()
 
 
-def make_tiny_qwen(path, seed=0):
-    """A random 2-layer Qwen2 with the Qwen2.5 vocabulary, saved with transformers (no tokenizer files)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         max_position_embeddings=4096)
-    model = Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # non-trivial biases and norms, so the replies depend on them
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.3)
-    model.save_pretrained(path)
-    return model
-
-
 def hf_greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     import torch
 
@@ -132,7 +114,7 @@ def hf_greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 
 def test_cli_model_eval_end_to_end_matches_transformers_greedy(tmp_path, tokenizer, capsys):
-    model = make_tiny_qwen(tmp_path / "tiny")
+    model = eval_variants.make_tiny_qwen(tmp_path / "tiny")
     out = tmp_path / "out"
     assert cli_main(["eval", "bfcl", "--model", str(tmp_path / "tiny"), "--out", str(out), "--limit", "2",
                      "--categories", "simple,irrelevance", "--max-new-tokens", "6", "--batch-size", "3"]) == 0

@@ -204,7 +204,7 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
         replies_fn = model
     rows, summaries = [], {}
     for name in benchmarks:
-        examples = datasets.load(name, _categories_for(name, categories, benchmark), limit)
+        examples = load_examples(name, categories, limit, within=benchmark)
         replies = replies_fn(build_prompts(examples, tokenizer, native_tools))
         bench_rows = score(examples, replies, block)
         rows += bench_rows
@@ -215,12 +215,19 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     return evaluation
 
 
-def _categories_for(name: str, categories: list[str] | None, benchmark: str) -> list[str] | None:
-    """With "all", a category list applies to the benchmarks that have those categories."""
-    if not categories or benchmark != "all":
-        return categories
-    own = [c for c in categories if c in datasets.categories_of(name)]
-    return own or None
+def load_examples(benchmark: str, categories: list[str] | None = None, limit: int | None = None, *,
+                  within: str | None = None) -> list[Example]:
+    """The examples a run scores: `benchmark` ("all": the three in turn), the named categories (under "all",
+    each benchmark takes the ones it has; none named: all), at most `limit` per category."""
+    if benchmark == "all":
+        known = {c for name in datasets.BENCHMARKS for c in datasets.categories_of(name)}
+        unknown = [c for c in categories or () if c not in known]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {', '.join(sorted(known))}")
+        return [e for name in datasets.BENCHMARKS for e in load_examples(name, categories, limit, within="all")]
+    if categories and within == "all":
+        categories = [c for c in categories if c in datasets.categories_of(benchmark)] or None
+    return datasets.load(benchmark, categories, limit)
 
 
 # ------------------------------------------------------------------------------------------------ predictions
@@ -267,7 +274,7 @@ def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: li
     known_ids: set[str] = set()
     rows, summaries, missing, unscored = [], {}, [], []
     for name in benchmarks:
-        examples = datasets.load(name, _categories_for(name, categories, benchmark), limit)
+        examples = load_examples(name, categories, limit, within=benchmark)
         known_ids.update(e.id for e in datasets.load(name))
         covered = {e.category for e in examples if e.id in replies}
         unscored += [f"{name}/{c}" for c in dict.fromkeys(e.category for e in examples) if c not in covered]
