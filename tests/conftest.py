@@ -17,7 +17,7 @@ TINY_SHAPES = [(4, 4, True), (4, 2, False), (7, 1, False)]
 
 
 def tiny_hf_model(heads: int = 4, kv_heads: int = 2, tied: bool = False, *, vocab: int = 320, layers: int = 2,
-                  head_dim: int = 16, seed: int = 0, rope_theta: float = 10000.0):
+                  head_dim: int = 16, seed: int = 0, rope_theta: float = 10000.0, init_std: float | None = None):
     """A randomly initialised transformers Qwen2ForCausalLM (float32, eval mode) with non-trivial biases/norms."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -27,6 +27,10 @@ def tiny_hf_model(heads: int = 4, kv_heads: int = 2, tied: bool = False, *, voca
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          tie_word_embeddings=tied, rope_theta=rope_theta, max_position_embeddings=512)
     model = Qwen2ForCausalLM(config).eval()
+    if init_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, init_std)
     with torch.no_grad():  # HF initialises biases to 0 and norms to 1; perturb them so the test sees them
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:

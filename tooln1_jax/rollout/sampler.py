@@ -1,0 +1,246 @@
+"""Grouped rollouts: prefill each prompt once, copy its KV cache to its G samples, decode in one `lax.while_loop`.
+
+Prompts are left-padded into a bucketed [P, T] block, so every row writes its next token at the same cache slot
+while its rotary position stays its own. Batch size, prompt length and the new-token budget are rounded up to a
+few bucket sizes, so a training run compiles a handful of programs; `STATS["compiles"]` counts them.
+
+Log-probs are those of the sampling distribution before top-k/top-p filtering: log_softmax(logits / T) (T = 1
+for greedy decoding), which is what the GRPO ratio needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tooln1_jax import parallel
+from tooln1_jax.models import qwen2
+from tooln1_jax.models.qwen2 import KVCache, Qwen2Config
+
+DEFAULT_STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+STATS = {"compiles": 0}  # programs traced (each trace is one compilation)
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One row per (prompt, sample); a prompt's samples are contiguous. Entries at and after `lengths` are 0."""
+
+    tokens: np.ndarray  # int32 [P*G, max_new_tokens]
+    lengths: np.ndarray  # int32 [P*G], generated tokens including the stop token
+    logprobs: np.ndarray  # float32 [P*G, max_new_tokens]
+    prompt_index: np.ndarray  # int32 [P*G]
+    finish_reason: np.ndarray  # str [P*G]: "stop" (emitted a stop id) or "length" (hit max_new_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Static sampling settings (hashable: part of the compiled program's identity)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def validate(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """Round up to a power of two (at least `minimum`), then to multiples of 1024 beyond 1024."""
+    n = max(int(n), minimum)
+    if n > 1024:
+        return -(-n // 1024) * 1024
+    return 1 << (n - 1).bit_length()
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------------
+def filter_logits(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Mask (to -inf) everything outside the top-k tokens and outside the smallest top-p nucleus. [N, V] f32."""
+    if top_k and top_k < scaled.shape[-1]:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if top_p < 1.0:
+        sorted_desc = jnp.sort(scaled, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        keep = before < top_p  # the first token always stays
+        threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    return scaled
+
+
+def sample_step(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> tuple[jax.Array, jax.Array]:
+    """Next tokens [N] and their log-probs [N] under log_softmax(logits / T); keys: one PRNG key per row."""
+    logits = logits.astype(jnp.float32)
+    if sampling.temperature == 0:
+        tokens = jnp.argmax(logits, axis=-1)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+    else:
+        scaled = logits / sampling.temperature
+        logp = jax.nn.log_softmax(scaled, axis=-1)
+        filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
+        tokens = jax.vmap(jax.random.categorical)(keys, filtered)
+    return tokens.astype(jnp.int32), jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
+# ---- the compiled programs ---------------------------------------------------------------------------------------
+def _cache_shardings(config: Qwen2Config, mesh: Mesh, batch: int, slots: int) -> KVCache:
+    kv_shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.head_dim)
+    spec = lambda axes, shape: NamedSharding(mesh, parallel.logical_to_spec(axes, shape, mesh))  # noqa: E731
+    return KVCache(k=spec(qwen2.CACHE_LOGICAL_AXES.k, kv_shape), v=spec(qwen2.CACHE_LOGICAL_AXES.v, kv_shape),
+                   valid=spec(qwen2.CACHE_LOGICAL_AXES.valid, (batch, slots)), index=parallel.replicated(mesh))
+
+
+def _prefill(config: Qwen2Config, num_samples: int, slots: int, params, tokens, mask):
+    """Run the [P, T] left-padded prompts once; return last-position logits and the cache, each repeated G times."""
+    STATS["compiles"] += 1
+    batch = tokens.shape[0]
+    cache = qwen2.init_cache(config, batch, slots)
+    hidden, cache = qwen2.hidden_states(config, params, tokens, attention_mask=mask, cache=cache)
+    logits = qwen2.apply_head(config, params, hidden[:, -1:])[:, 0]  # [P, V]: left padding ends every row there
+    repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
+    cache = KVCache(k=jnp.repeat(cache.k, num_samples, axis=1), v=jnp.repeat(cache.v, num_samples, axis=1),
+                    valid=repeat(cache.valid), index=cache.index)
+    return repeat(logits), cache
+
+
+def _decode(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], budget: int,
+            params, cache: KVCache, logits, positions, max_new, rng):
+    """Sample until every row has stopped or `max_new` (<= budget) tokens; one while_loop, no host round trips."""
+    STATS["compiles"] += 1
+    rows = logits.shape[0]
+    row_ids = jnp.arange(rows)
+    stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
+    def cond(state):
+        step, done = state[0], state[4]
+        return (step < max_new) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, logits, positions, done, tokens, logprobs, lengths = state
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, step), row_ids)
+        token, logp = sample_step(logits, keys, sampling)
+        live = ~done
+        tokens = tokens.at[:, step].set(jnp.where(live, token, 0))
+        logprobs = logprobs.at[:, step].set(jnp.where(live, logp, 0.0))
+        lengths = lengths + live.astype(jnp.int32)
+        done = done | (live & jnp.isin(token, stops)) | (step + 1 >= max_new)
+        hidden, cache = qwen2.hidden_states(config, params, token[:, None], positions=positions[:, None],
+                                            attention_mask=jnp.ones((rows, 1), bool), cache=cache)
+        logits = qwen2.apply_head(config, params, hidden[:, 0])
+        return step + 1, cache, logits, positions + 1, done, tokens, logprobs, lengths
+
+    state = (jnp.int32(0), cache, logits, positions, jnp.zeros(rows, bool), jnp.zeros((rows, budget), jnp.int32),
+             jnp.zeros((rows, budget), jnp.float32), jnp.zeros(rows, jnp.int32))
+    state = jax.lax.while_loop(cond, body, state)
+    cache, logits, tokens, logprobs, lengths = state[1], state[2], state[5], state[6], state[7]
+    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    stopped = (lengths > 0) & jnp.isin(last, stops)
+    # the donated cache and logits come back out so XLA can update them in place; callers drop them
+    return tokens, logprobs, lengths, stopped, cache, logits
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], num_samples: int,
+              prompts: int, prompt_len: int, budget: int, mesh: Mesh, param_treedef, param_sharding_leaves):
+    """The jitted prefill and decode programs for one bucket, with every input/output sharding declared."""
+    param_shardings = jax.tree.unflatten(param_treedef, param_sharding_leaves)
+    rows, slots = prompts * num_samples, prompt_len + budget
+    batch2 = parallel.batch_sharding(mesh, 2)
+    batch1 = parallel.batch_sharding(mesh, 1)
+    cache_sh = _cache_shardings(config, mesh, rows, slots)
+    replicated = parallel.replicated(mesh)
+    prefill = jax.jit(functools.partial(_prefill, config, num_samples, slots),
+                      in_shardings=(param_shardings, batch2, batch2), out_shardings=(batch2, cache_sh))
+    decode = jax.jit(functools.partial(_decode, config, sampling, stop_ids, budget),
+                     in_shardings=(param_shardings, cache_sh, batch2, batch1, replicated, replicated),
+                     out_shardings=(batch2, batch2, batch1, batch1, cache_sh, batch2), donate_argnums=(1, 2))
+    return prefill, decode
+
+
+# ---- the public entry point --------------------------------------------------------------------------------------
+def _mesh_of(params) -> Mesh:
+    sharding = jax.tree.leaves(params)[0].sharding
+    return sharding.mesh if isinstance(sharding, NamedSharding) else parallel.single_device_mesh()
+
+
+def _global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding, local)
+
+
+def _local(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array (all rows in a single-process run)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
+    return np.concatenate([shards[k] for k in sorted(shards)])
+
+
+def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, num_samples: int = 1,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             stop_ids: Sequence[int] = DEFAULT_STOP_IDS, rng: jax.Array | None = None, mesh: Mesh | None = None,
+             max_cache_len: int | None = None) -> Rollout:
+    """Sample `num_samples` replies to each prompt (lists of token ids). temperature 0 = greedy.
+
+    In a multi-host run each process passes its own prompts (the same number on every process) and gets back
+    the rollouts of those prompts.
+    """
+    sampling = Sampling(float(temperature), float(top_p), int(top_k))
+    sampling.validate()
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if min(p) < 0 or max(p) >= config.vocab_size:
+            raise ValueError(f"prompt {i} has token ids outside [0, {config.vocab_size})")
+    longest = max(map(len, prompts))
+    capacity = max_cache_len or config.max_position_embeddings
+    if longest + max_new_tokens > capacity:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the cache "
+                         f"capacity of {capacity} positions")
+    mesh = mesh or _mesh_of(params)
+    multiple = parallel.batch_size_multiple(mesh) // jax.process_count() or 1
+    n_prompts = -(-bucket(len(prompts)) // multiple) * multiple
+    prompt_len, budget = bucket(longest, 16), bucket(max_new_tokens, 16)
+
+    tokens = np.zeros((n_prompts, prompt_len), np.int32)
+    mask = np.zeros((n_prompts, prompt_len), bool)
+    lengths = np.ones(n_prompts, np.int32)  # filler rows: one real token, outputs discarded
+    mask[:, -1] = True
+    for i, p in enumerate(prompts):
+        tokens[i, prompt_len - len(p):] = p
+        mask[i, prompt_len - len(p):] = True
+        lengths[i] = len(p)
+
+    leaves, treedef = jax.tree.flatten(params)
+    prefill, decode = _programs(config, sampling, tuple(int(s) for s in stop_ids), num_samples, n_prompts,
+                                prompt_len, budget, mesh, treedef, tuple(x.sharding for x in leaves))
+    batch2, batch1 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 1)
+    logits, cache = prefill(params, _global(tokens, batch2), _global(mask, batch2))
+    positions = _global(np.repeat(lengths, num_samples), batch1)
+    rng = jax.random.key(0) if rng is None else rng
+    out_tokens, out_logp, out_len, stopped, _, _ = decode(params, cache, logits, positions,
+                                                          jnp.int32(max_new_tokens), rng)
+
+    keep = len(prompts) * num_samples
+    out_tokens, out_logp = _local(out_tokens)[:keep, :max_new_tokens], _local(out_logp)[:keep, :max_new_tokens]
+    out_len, stopped = _local(out_len)[:keep], _local(stopped)[:keep]
+    return Rollout(tokens=out_tokens, lengths=out_len, logprobs=out_logp,
+                   prompt_index=np.repeat(np.arange(len(prompts), dtype=np.int32), num_samples),
+                   finish_reason=np.where(stopped, "stop", "length"))
