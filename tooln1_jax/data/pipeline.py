@@ -1,12 +1,13 @@
 """Prompt batches for training: seeded per-epoch shuffle, host sharding, and a checkpointable position (grain).
 
 The order is one global stream: epoch 0's permutation of all records, then epoch 1's (a different permutation),
-and so on; every host computes the same stream. Host `i` of `n` takes stream positions i, i+n, i+2n, ... and
-cuts them into batches of `batch_size`, so step k's batches of all hosts together are the global positions
-k*B*n .. (k+1)*B*n - 1: disjoint, and within an epoch they cover the data. Batches run on across epoch
-boundaries, so nothing is lost between epochs. With a finite `num_epochs` the stream is cut to a whole
-number of global batches (B*n): the last `dropped_at_end` positions of the final epoch are not served
-(logged when the loader is built). `get_state()` / `set_state()` save and restore the position, in any process.
+and so on. Every host computes the same stream and cuts it into global batches of B*n (B = `batch_size`, n hosts);
+host `i` takes the i-th contiguous slice of each. So step k's batches of all hosts together are the global
+positions k*B*n .. (k+1)*B*n - 1, in host order exactly a single process's batch of B*n: disjoint, and within
+an epoch they cover the data. Batches run on across epoch boundaries, so nothing is lost between epochs. With a
+finite `num_epochs` the stream is cut to a whole number of global batches: the last `dropped_at_end` positions
+of the final epoch are not served (logged when the loader is built). `get_state()` / `set_state()` save and
+restore the position, in any process.
 
 `import grain` imports jax when jax is installed, so grain is imported only when a loader is built: importing
 this module (and the rest of `tooln1_jax.data`) stays free of jax.
@@ -62,8 +63,9 @@ class PromptLoader:
         indices = indices.repeat(cfg["num_epochs"])
         if self.num_batches is not None:
             indices = indices[: self.num_batches * cfg["batch_size"] * cfg["shard_count"]]
-        indices = indices[cfg["shard_index"]::cfg["shard_count"]]
-        batches = indices.batch(cfg["batch_size"], drop_remainder=True, batch_fn=list)
+        size, lo = cfg["batch_size"], cfg["shard_index"] * cfg["batch_size"]
+        batches = indices.batch(size * cfg["shard_count"], drop_remainder=True, batch_fn=list)
+        batches = batches.map(lambda global_batch: global_batch[lo:lo + size])
         # Indices of in-memory records: reader threads and prefetch would only contend for the GIL.
         return batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
