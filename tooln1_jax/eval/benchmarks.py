@@ -96,48 +96,55 @@ def summarize(benchmark: str, rows: Sequence[dict]) -> dict:
     normal over every category scored. API-Bank: accuracy over the calls, and the strict exact-match accuracy.
     `partial` lists the aggregates computed without some of their categories (a --categories subset).
     """
-    categories: dict[str, dict] = {}
-    for row in rows:
-        stats = categories.setdefault(row["category"], {"n": 0, "correct": 0})
-        stats["n"] += 1
-        stats["correct"] += bool(row["valid"])
-        if "exact" in row:
-            stats["exact_correct"] = stats.get("exact_correct", 0) + bool(row["exact"])
-    order = list(datasets.categories_of(benchmark))
-    categories = {c: categories[c] for c in sorted(categories, key=order.index)}
-    for stats in categories.values():
-        stats["accuracy"] = stats["correct"] / stats["n"]
-        if "exact_correct" in stats:
-            stats["exact_accuracy"] = stats["exact_correct"] / stats["n"]
-
-    def acc(names):
-        return [categories[c]["accuracy"] for c in names if c in categories]
-
-    def partial(names):
-        return any(c not in categories for c in names)
-
-    if benchmark == "bfcl":
-        live = [categories[c] for c in bfcl.LIVE if c in categories]
-        non_live_acc = _mean(acc(bfcl.NON_LIVE))
-        live_acc = sum(s["correct"] for s in live) / sum(s["n"] for s in live) if live else None
-        overall = (non_live_acc + live_acc) / 2 if non_live_acc is not None and live_acc is not None else None
-        aggregates = {"non_live": non_live_acc, "live": live_acc, "overall": overall}
-        partial_of = {"non_live": partial(bfcl.NON_LIVE), "live": partial(bfcl.LIVE),
-                      "overall": partial(bfcl.AST_CATEGORIES)}
-    elif benchmark == "acebench":
-        aggregates = {"atom": _mean(acc(ACEBENCH_ATOM)), "single_turn": _mean(acc(ACEBENCH_SINGLE_TURN)),
-                      "summary": _mean(acc(acebench.PAPER_SUBSET)), "normal": _mean(acc(acebench.CATEGORIES))}
-        partial_of = {"atom": partial(ACEBENCH_ATOM), "single_turn": partial(ACEBENCH_SINGLE_TURN),
-                      "summary": partial(acebench.PAPER_SUBSET), "normal": partial(acebench.CATEGORIES)}
-    elif benchmark == "apibank":
-        n = sum(s["n"] for s in categories.values())
-        aggregates = {"accuracy": sum(s["correct"] for s in categories.values()) / n if n else None,
-                      "exact_accuracy": sum(s.get("exact_correct", 0) for s in categories.values()) / n if n else None}
-        partial_of = {}
-    else:
-        raise ValueError(f"unknown benchmark {benchmark!r}")
+    categories = _category_stats(benchmark, rows)
+    aggregates, parts = {"bfcl": _bfcl_aggregates, "acebench": _acebench_aggregates,
+                         "apibank": _apibank_aggregates}[benchmark](categories)
+    partial = sorted(name for name, needed in parts.items() if any(c not in categories for c in needed))
     return {"benchmark": benchmark, "n": sum(s["n"] for s in categories.values()), "categories": categories,
-            "aggregates": aggregates, "partial": sorted(k for k, v in partial_of.items() if v)}
+            "aggregates": aggregates, "partial": partial}
+
+
+def _category_stats(benchmark: str, rows: Sequence[dict]) -> dict[str, dict]:
+    """{category: {n, correct, accuracy[, exact_correct, exact_accuracy]}} in the benchmark's category order."""
+    stats: dict[str, dict] = {}
+    for row in rows:
+        s = stats.setdefault(row["category"], {"n": 0, "correct": 0})
+        s["n"] += 1
+        s["correct"] += bool(row["valid"])
+        if "exact" in row:
+            s["exact_correct"] = s.get("exact_correct", 0) + bool(row["exact"])
+    for s in stats.values():
+        s["accuracy"] = s["correct"] / s["n"]
+        if "exact_correct" in s:
+            s["exact_accuracy"] = s["exact_correct"] / s["n"]
+    order = datasets.categories_of(benchmark)
+    return {c: stats[c] for c in sorted(stats, key=order.index)}
+
+
+def _accuracies(categories: dict[str, dict], names: Sequence[str]) -> list[float]:
+    return [categories[c]["accuracy"] for c in names if c in categories]
+
+
+def _bfcl_aggregates(categories):
+    non_live = _mean(_accuracies(categories, bfcl.NON_LIVE))
+    live_stats = [categories[c] for c in bfcl.LIVE if c in categories]
+    live = sum(s["correct"] for s in live_stats) / sum(s["n"] for s in live_stats) if live_stats else None
+    overall = (non_live + live) / 2 if non_live is not None and live is not None else None
+    return ({"non_live": non_live, "live": live, "overall": overall},
+            {"non_live": bfcl.NON_LIVE, "live": bfcl.LIVE, "overall": bfcl.AST_CATEGORIES})
+
+
+def _acebench_aggregates(categories):
+    parts = {"atom": ACEBENCH_ATOM, "single_turn": ACEBENCH_SINGLE_TURN, "summary": acebench.PAPER_SUBSET,
+             "normal": acebench.CATEGORIES}
+    return {name: _mean(_accuracies(categories, names)) for name, names in parts.items()}, parts
+
+
+def _apibank_aggregates(categories):
+    n = sum(s["n"] for s in categories.values())
+    correct = sum(s["correct"] for s in categories.values())
+    exact = sum(s.get("exact_correct", 0) for s in categories.values())
+    return {"accuracy": correct / n if n else None, "exact_accuracy": exact / n if n else None}, {}
 
 
 # ------------------------------------------------------------------------------------------------ model path
@@ -193,7 +200,8 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     the prompt texts and returning the replies. With `out`, the results are written there too."""
     from tooln1_jax import assets
 
-    benchmarks = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
+    names = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
+    selected = {name: load_examples(name, categories, limit, within=benchmark) for name in names}
     if tokenizer is None:
         tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
     if isinstance(model, (str, os.PathLike)):
@@ -203,8 +211,7 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     else:
         replies_fn = model
     rows, summaries = [], {}
-    for name in benchmarks:
-        examples = load_examples(name, categories, limit, within=benchmark)
+    for name, examples in selected.items():
         replies = replies_fn(build_prompts(examples, tokenizer, native_tools))
         bench_rows = score(examples, replies, block)
         rows += bench_rows
@@ -270,10 +277,9 @@ def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: li
     """Score a predictions file. Categories without any prediction are left out (and listed); a missing id in
     a scored category counts as wrong (reason "missing prediction"); ids of no example are listed as unknown."""
     replies, problems = read_predictions(path)
-    benchmarks = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
     known_ids: set[str] = set()
     rows, summaries, missing, unscored = [], {}, [], []
-    for name in benchmarks:
+    for name in list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]:
         examples = load_examples(name, categories, limit, within=benchmark)
         known_ids.update(e.id for e in datasets.load(name))
         covered = {e.category for e in examples if e.id in replies}
