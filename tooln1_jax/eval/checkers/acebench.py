@@ -6,8 +6,8 @@ The official rules are reproduced quirks included (tests/test_checker_acebench.p
 
 - the official pipeline removes every whitespace character from the raw reply text before decoding it, so string
   values arrive without their spaces; `check` does the same to the decoded calls (`strip_whitespace=False` skips
-  it). Ground-truth leaf strings with spaces inside lists or objects can then never match: even a reply copied
-  from the ground truth fails there, as it does upstream;
+  it). An expected string with spaces in a list inside an object (compared as `str()` of the list, without
+  standardisation) can then never match: even a reply copied from the ground truth fails there, as upstream;
 - call count and the multiset of names must match; each expected call needs some reply call of its name that
   passes (a reply call may serve several expected calls);
 - the schema used for an expected call is the first offered function whose name is a SUBSTRING of the expected key;
