@@ -174,3 +174,20 @@ def test_scoring_predictions_never_imports_jax(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_benchmark_files_and_selections_fail_with_clear_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n\n[1, 2]\n')
+    with pytest.raises(datasets.BenchmarkDataError, match=r"bad\.jsonl:3: expected a JSON object"):
+        datasets.read_jsonl(bad)
+    bad.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(datasets.BenchmarkDataError, match=r"bad\.jsonl:2: not JSON"):
+        datasets.read_jsonl(bad)
+    with pytest.raises(ValueError, match="unknown bfcl categories \\['java'\\]"):
+        datasets.load("bfcl", ["java"])
+    with pytest.raises(ValueError, match="unknown categories \\['nope'\\]"):
+        benchmarks.load_examples("all", ["simple", "nope"])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        datasets.load("toolbench")
+    assert {e.benchmark for e in benchmarks.load_examples("all", ["simple", "atom_bool"], 1)} == {"bfcl", "acebench"}

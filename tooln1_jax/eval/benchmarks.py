@@ -212,6 +212,8 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
         replies_fn = model
     rows, summaries = [], {}
     for name, examples in selected.items():
+        if not examples:
+            continue
         replies = replies_fn(build_prompts(examples, tokenizer, native_tools))
         bench_rows = score(examples, replies, block)
         rows += bench_rows
@@ -224,8 +226,8 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
 
 def load_examples(benchmark: str, categories: list[str] | None = None, limit: int | None = None, *,
                   within: str | None = None) -> list[Example]:
-    """The examples a run scores: `benchmark` ("all": the three in turn), the named categories (under "all",
-    each benchmark takes the ones it has; none named: all), at most `limit` per category."""
+    """The examples a run scores: `benchmark` ("all": the three in turn), the named categories (none named: all;
+    under "all" each benchmark takes those it has, and one that has none is skipped), at most `limit` each."""
     if benchmark == "all":
         known = {c for name in datasets.BENCHMARKS for c in datasets.categories_of(name)}
         unknown = [c for c in categories or () if c not in known]
@@ -233,7 +235,9 @@ def load_examples(benchmark: str, categories: list[str] | None = None, limit: in
             raise ValueError(f"unknown categories {unknown}; known: {', '.join(sorted(known))}")
         return [e for name in datasets.BENCHMARKS for e in load_examples(name, categories, limit, within="all")]
     if categories and within == "all":
-        categories = [c for c in categories if c in datasets.categories_of(benchmark)] or None
+        categories = [c for c in categories if c in datasets.categories_of(benchmark)]
+        if not categories:
+            return []
     return datasets.load(benchmark, categories, limit)
 
 
