@@ -164,7 +164,7 @@ def load_model(path: str | os.PathLike, dtype: str | None = None):
         return weights.load(str(path), dtype=dtype)
     from tooln1_jax.train import checkpoint  # a run or checkpoint directory
 
-    return checkpoint.load_model(str(path))
+    return checkpoint.load_model(str(path), dtype=dtype)
 
 
 def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, batch_size: int = 16) -> RepliesFn:
