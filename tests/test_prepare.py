@@ -115,11 +115,14 @@ def test_prepared_output_is_itself_a_tooln1_source(prepared, tmp_path):
     assert stats["sources"]["tooln1"]["kept"] == glaive_counts()["examples"] + 11
 
 
-def test_bad_arguments_are_clear_errors(tmp_path):
+def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     with pytest.raises(records.DataError, match=r"unknown source kind\(s\) \['glaive'\]"):
         prepare.run({"glaive": SAMPLES["sharegpt"]}, str(tmp_path))
-    with pytest.raises(records.DataError, match=r"missing\.json: no such file"):
-        cli.main(["prepare-data", "--source", f"xlam={tmp_path / 'missing.json'}", "--out", str(tmp_path)])
+    assert cli.main(["prepare-data", "--source", f"xlam={tmp_path / 'missing.json'}", "--out", str(tmp_path)]) == 2
+    assert "missing.json: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["prepare-data", "--source", "xlam=a.json", "--source", "xlam=b.json", "--out", str(tmp_path)])
+    assert "--source xlam given more than once" in capsys.readouterr().err
     with pytest.raises(ValueError, match="test_fraction"):
         prepare.run({"xlam": SAMPLES["xlam"]}, str(tmp_path), test_fraction=1.0)
     with pytest.raises(records.DataError, match="no tokenizer files"):

@@ -77,12 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sources(pairs: list[tuple[str, str]], parser: argparse.ArgumentParser) -> dict[str, str]:
+    kinds = [kind for kind, _ in pairs]
+    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+    if repeated:
+        parser.error(f"--source {repeated[0]} given more than once (one location per kind)")
+    return dict(pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _dispatch(args, parser)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad input: the message names the file or key
+        print(f"tooln1 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.command == "prepare-data":
         from tooln1_jax.data import prepare
 
-        prepare.run(dict(args.source), args.out, seed=args.seed, test_fraction=args.test_fraction,
+        prepare.run(_sources(args.source, parser), args.out, seed=args.seed, test_fraction=args.test_fraction,
                     max_prompt_tokens=args.max_prompt_tokens, tokenizer_dir=args.tokenizer)
     elif args.command in ("train", "sft"):
         from tooln1_jax.train import entry
@@ -106,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
         config, params = weights.load(args.source)
         weights.save_hf(config, params, args.out)
-    return 0
 
 
 if __name__ == "__main__":

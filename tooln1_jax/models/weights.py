@@ -326,7 +326,7 @@ def validate(config: Qwen2Config, source: TensorSource) -> None:
                          f"all); the checkpoint does not match its config")
 
 
-def _default_dtype() -> str:
+def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
@@ -338,7 +338,7 @@ def load(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str | None = 
     """
     source = open_source(path)
     where = getattr(source, "hf_config_path", source.description)
-    config = Qwen2Config.from_hf(source.hf_config, source=str(where), dtype=dtype or _default_dtype(),
+    config = Qwen2Config.from_hf(source.hf_config, source=str(where), dtype=dtype or default_dtype(),
                                  param_dtype=param_dtype)
     return config, load_params(config, source, mesh, rules)
 

@@ -1,0 +1,282 @@
+"""Run configuration: frozen dataclasses, YAML files, dotted `--set section.key=value` overrides.
+
+The defaults ARE the CPU demo (a tiny Qwen2 shape with the real tokenizer on the shipped sample data), so
+`tooln1 train` with no arguments runs it; `configs/demo.yaml` spells the same values out. An unknown key or a
+value of the wrong type is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # HF directory, HF hub id, or .gguf file; None: random initialisation (below)
+    preset: str | None = None  # random init of a Qwen2.5 shape ("0.5b" ... "72b") when path is None
+    # the random-init shape when neither path nor preset is given (the demo's tiny model, real vocabulary)
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vocab_size: int = 151936
+    tie_word_embeddings: bool = True
+    init_seed: int = 0
+    dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
+    param_dtype: str = "float32"
+    remat: bool = False  # recompute layer activations in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # "samples" (the shipped sample set), a `tooln1 prepare-data` output directory or a .parquet file of
+    # prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
+    train: str = "samples"
+    test: str | None = "samples"  # held-out records for validation (None: no validation)
+    tokenizer: str | None = None  # default: the model directory's, else the shipped Qwen2.5 tokenizer
+    max_prompt_tokens: int = 4096
+    native_tools: bool = False  # the chat template's tools= branch instead of the Tool-N1 system prompt
+    shuffle: bool = True
+    num_epochs: int | None = None  # None: repeat until train.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    num_generations: int = 4  # G replies per prompt (reference: 5)
+    max_new_tokens: int = 48  # reply cap (reference: 8192)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    beta: float = 1e-3  # KL coefficient (0 skips the reference model)
+    kl_type: str = "low_var_kl"  # kl | abs | mse | low_var_kl
+    epsilon: float = 0.2  # clip range
+    epsilon_high: float | None = None  # asymmetric upper clip (DAPO); None = epsilon
+    dual_clip: float | None = None
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    entropy_coef: float = 0.0
+    scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
+    reward: str = "binary"  # binary | binary_no_think | think_partial | name_partial
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4  # rollout steps (GRPO) or optimizer steps (SFT)
+    batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
+    mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
+    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
+    seed: int = 0
+    log_every: int = 1
+    sample_every: int = 2  # log a few sample replies every N steps (0: never)
+    eval_every: int = 2  # greedy validation on held-out records every N steps (0: never)
+    eval_size: int = 8
+    reward_workers: int = 0  # processes scoring replies (0: in the training process)
+    run_dir: str = "runs/demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 2  # steps between checkpoints
+    keep: int = 2  # most recent checkpoints kept
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    max_seq_len: int = 2048  # prompt + target; longer examples are dropped and counted
+    think: str = ""  # text put between <think></think> in the target (the data has no reasoning traces)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    coordinator_address: str | None = None  # multi-host GPU clusters; Cloud TPU needs nothing
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sft: SFTConfig = SFTConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
+    """The value, if it fits the annotation (int accepted for float); else a ConfigError naming the key."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{where}: {key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, values: dict, prefix: str, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {prefix or 'the config'} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key {key!r}; known keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key, where)
+        else:
+            kwargs[name] = _check_type(value, hint, key, where)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`optim.lr=2e-6` -> {"optim": {"lr": 2e-06}} (the value is read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=2e-6")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "1e-6" (no dot) as a string
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return _numbers_from_strings(data)
+
+
+def _numbers_from_strings(node):
+    """YAML 1.1 reads 1e-6 (without a dot) as a string; take such strings as the numbers they spell."""
+    if isinstance(node, dict):
+        return {k: _numbers_from_strings(v) for k, v in node.items()}
+    if isinstance(node, str) and _looks_numeric(node) and any(c in node for c in "eE"):
+        return float(node)
+    return node
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The defaults, updated by the YAML file (if any) and then by the overrides, validated."""
+    values = RunConfig().to_dict()
+    where = "defaults"
+    if path is not None:
+        values = _merge(values, _read_yaml(Path(path)))
+        where = str(path)
+    config = _build(RunConfig, values, "", where)
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+        config = _build(RunConfig, values, "", f"--set {text}")
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks, before any long work starts."""
+    t, r, g = config.train, config.rollout, config.grpo
+    if t.steps < 1 or t.batch_size < 1 or t.mini_batch_size < 1 or t.micro_batch_size < 1:
+        raise ConfigError("train.steps, batch_size, mini_batch_size and micro_batch_size must be >= 1")
+    if t.batch_size % t.mini_batch_size:
+        raise ConfigError(f"train.batch_size {t.batch_size} is not a multiple of train.mini_batch_size "
+                          f"{t.mini_batch_size}")
+    if (t.mini_batch_size * r.num_generations) % t.micro_batch_size:
+        raise ConfigError(f"a mini-batch of {t.mini_batch_size} prompts x {r.num_generations} generations is not "
+                          f"a multiple of train.micro_batch_size {t.micro_batch_size}")
+    if r.num_generations < 2:
+        raise ConfigError(f"rollout.num_generations must be >= 2 for group advantages, got {r.num_generations}")
+    if r.max_new_tokens < 1:
+        raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature must be > 0 for GRPO sampling, got {r.temperature}")
+    choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
+               "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")),
+               "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
+               "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
+               "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
+               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def dump(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,33 @@
+"""`tooln1 train` / `tooln1 sft`: load the config, build the trainer, run it, say where the results are."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from tooln1_jax import config as config_lib
+
+
+def run(command: str, *, config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
+        resume: bool = False):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
+    cfg = config_lib.load(config_path, overrides)
+    if run_dir is not None:
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, run_dir=run_dir))
+    elif config_path is None and command == "sft":
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, run_dir="runs/demo_sft"))
+    if command == "train":
+        from tooln1_jax.train.trainer import GRPOTrainer as Trainer
+    else:
+        from tooln1_jax.train.sft import SFTTrainer as Trainer
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        history = trainer.run()
+    finally:
+        trainer.close()
+    last = history[-1] if history else {}
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()
+             if k.startswith(("reward/", "val/", "loss", "kl"))}
+    print(f"done: {cfg.train.run_dir} (step {trainer.step}); last metrics {shown}")
+    return trainer

@@ -1,0 +1,235 @@
+"""What GRPO and SFT runs share: mesh, tokenizer, data, model, optimizer, checkpoints, metrics, greedy
+validation, and the loop (step -> validate -> log -> checkpoint) with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tooln1_jax import assets, parallel
+from tooln1_jax.config import RunConfig, dump
+from tooln1_jax.data import loading
+from tooln1_jax.data.pipeline import PromptLoader
+from tooln1_jax.models import presets, qwen2, weights
+from tooln1_jax.models.qwen2 import Qwen2Config
+from tooln1_jax.rewards import toolcall
+from tooln1_jax.rollout import sampler
+from tooln1_jax.train import checkpoint
+from tooln1_jax.train.metrics import MetricsLogger, plot
+from tooln1_jax.train.step import StepFunctions, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: RunConfig, mesh) -> tuple[Qwen2Config, dict]:
+    """Load the configured weights, or initialise the configured shape, straight onto the mesh."""
+    m = cfg.model
+    dtype = None if m.dtype == "auto" else m.dtype
+    if m.path:
+        config, params = weights.load(m.path, mesh=mesh, dtype=dtype, param_dtype=m.param_dtype)
+        return config.replace(remat=m.remat), params
+    runtime = {"dtype": dtype or weights.default_dtype(), "param_dtype": m.param_dtype, "remat": m.remat}
+    if m.preset:
+        config = presets.preset(m.preset, **runtime)
+    else:
+        config = Qwen2Config(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                             num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                             num_key_value_heads=m.num_kv_heads, tie_word_embeddings=m.tie_word_embeddings,
+                             **runtime)
+    shapes, logical = qwen2.abstract_params(config)
+    shardings = parallel.shardings(shapes, logical, mesh)
+    init = jax.jit(lambda key: qwen2.init_params(config, key), out_shardings=shardings)
+    return config, init(jax.random.key(m.init_seed))
+
+
+def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[str], list[list[int]]]:
+    """Reply texts (stop token excluded, special tokens kept) and their token ids."""
+    ids = []
+    for row, n in zip(rollout.tokens, rollout.lengths):
+        reply = row[:n].tolist()
+        if reply and reply[-1] in stop_ids:
+            reply = reply[:-1]
+        ids.append(reply)
+    return tokenizer.batch_decode(ids, skip_special_tokens=False), ids
+
+
+def score_reply(reply: str, answer, variant: str = "binary") -> tuple[float, bool, bool]:
+    """(reward, exact match of the calls, well-formed: think tags + a decodable call block)."""
+    parsed = toolcall.parse_reply(reply)
+    exact = parsed.calls is not None and toolcall.match_level(parsed.calls, answer) == 2
+    return toolcall.score(reply, answer, variant), exact, parsed.status == toolcall.OK and parsed.has_think
+
+
+@dataclasses.dataclass
+class StepResult:
+    metrics: dict
+    samples: list[dict]
+
+
+class TrainingRun:
+    """Set-up and loop shared by `GRPOTrainer` and `SFTTrainer`; they add `train_step()`."""
+
+    name = "run"
+
+    def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
+                 eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.train.run_dir)
+        t = cfg.train
+        parallel.initialize(cfg.mesh.coordinator_address, cfg.mesh.num_processes, cfg.mesh.process_id)
+        self.mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
+        self.check_batch_fits_mesh()
+        self.is_main = jax.process_index() == 0
+        self.tokenizer = tokenizer or assets.load_tokenizer(cfg.data.tokenizer or cfg.model.path)
+        self.stop_ids = tuple(sampler.DEFAULT_STOP_IDS)
+
+        # data first: a bad path fails before the model is built
+        load = lambda split: loading.load_records(  # noqa: E731
+            cfg.data.train if split == "train" else cfg.data.test, split, self.tokenizer,
+            max_prompt_tokens=cfg.data.max_prompt_tokens, native_tools=cfg.data.native_tools, seed=t.seed)
+        self.train_records = self.prepare_records(train_records if train_records is not None else load("train"))
+        self.eval_records = eval_records if eval_records is not None else (
+            load("test") if cfg.data.test and t.eval_every else [])
+        self.loader = PromptLoader(self.train_records, batch_size=t.batch_size // jax.process_count(), seed=t.seed,
+                                   shuffle=cfg.data.shuffle, num_epochs=cfg.data.num_epochs,
+                                   shard_index=jax.process_index(), shard_count=jax.process_count())
+
+        self.checkpoints = checkpoint.Checkpoints(self.run_dir, keep=cfg.checkpoint.keep,
+                                                  async_save=cfg.checkpoint.async_save)
+        latest = self.checkpoints.latest_step() if resume else None
+        if not resume and self.checkpoints.latest_step() is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                                  "or choose another --run-dir")
+        self.model_config, self.params = build_model(cfg, self.mesh)
+        if latest is not None:  # before any long work: is this checkpoint ours?
+            checkpoint.check_compatible(self.checkpoints.meta(latest)["model"], self.model_config,
+                                        str(self.checkpoints.directory / str(latest)))
+        self.optimizer = make_optimizer(cfg.optim, self.total_updates())
+        self.steps = StepFunctions(self.model_config, self.optimizer, self.mesh, self.params)
+        self.opt_state = self.steps.init_opt_state(self.params)
+        self.base_key = jax.random.key(t.seed)
+        self.step = 0
+        self.setup()
+        if latest is not None:
+            self.restore(latest)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump(cfg, self.run_dir / "config.yaml")
+        self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.is_main else None
+
+    # -- hooks for the subclasses ------------------------------------------------------------------------------
+    def prepare_records(self, records: list[dict]) -> list[dict]:
+        return records
+
+    def setup(self) -> None:
+        """Extra state built after the model (the reference model, the reward function, ...)."""
+
+    def sequences_per_update(self) -> int:
+        raise NotImplementedError
+
+    def total_updates(self) -> int:
+        raise NotImplementedError
+
+    def train_step(self) -> StepResult:
+        raise NotImplementedError
+
+    # -- checks and state --------------------------------------------------------------------------------------
+    def check_batch_fits_mesh(self):
+        t = self.cfg.train
+        multiple = parallel.batch_size_multiple(self.mesh)
+        for name, rows in (("train.micro_batch_size", t.micro_batch_size),
+                           ("sequences per optimizer step", self.sequences_per_update())):
+            if rows % multiple:
+                raise ValueError(f"{name} = {rows} does not divide over the {multiple} devices of the mesh's "
+                                 f"batch axes (data x fsdp of {dict(self.mesh.shape)})")
+        if t.batch_size % jax.process_count():
+            raise ValueError(f"train.batch_size {t.batch_size} does not divide over {jax.process_count()} hosts")
+
+    def meta(self) -> dict:
+        return {"step": self.step, "loader": self.loader.get_state(),
+                "rng": np.asarray(jax.random.key_data(self.base_key)).tolist(),
+                "model": checkpoint.model_config_dict(self.model_config), "config": self.cfg.to_dict()}
+
+    def restore(self, step: int):
+        self.params, self.opt_state, meta = self.checkpoints.restore(step, self.params, self.opt_state)
+        self.loader.set_state(meta["loader"])
+        self.base_key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
+        self.step = meta["step"]
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def save(self):
+        self.checkpoints.save(self.step, self.params, self.opt_state, self.meta())
+
+    def global_batch(self, local: np.ndarray) -> jax.Array:
+        """A batch-sharded global array from this host's rows."""
+        return jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, local.ndim), local)
+
+    def all_rows(self, local: np.ndarray) -> np.ndarray:
+        """Every host's rows of a per-row host array (for metrics)."""
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+    # -- validation and the loop -------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        """Greedy replies on held-out records: mean binary reward, exact-match and format rates."""
+        records = self.eval_records[: self.cfg.train.eval_size]
+        if not records:
+            return {}
+        out = sampler.generate(self.model_config, self.params, [r["prompt_ids"] for r in records],
+                               max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
+                               stop_ids=self.stop_ids, mesh=self.mesh)
+        replies, _ = decode_replies(self.tokenizer, out, self.stop_ids)
+        scores = np.array([score_reply(reply, rec["answer"]) for reply, rec in zip(replies, records)], np.float32)
+        return {"val/reward": float(scores[:, 0].mean()), "val/exact_match": float(scores[:, 1].mean()),
+                "val/format_ok": float(scores[:, 2].mean())}
+
+    def run(self, progress: bool = True) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        t, c = self.cfg.train, self.cfg.checkpoint
+        history = []
+        bar = tqdm(total=t.steps, initial=self.step, desc=self.name, unit="step",
+                   disable=not (progress and self.is_main))
+        while self.step < t.steps:
+            result = self.train_step()
+            metrics = result.metrics
+            if t.eval_every and self.step % t.eval_every == 0:
+                metrics.update(self.validate())
+            if self.is_main:
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    self.metrics.log(self.step, metrics)
+                if t.sample_every and self.step % t.sample_every == 0 and result.samples:
+                    self.metrics.log_samples(self.step, result.samples)
+            if self.step % c.every == 0 or self.step == t.steps:
+                self.save()
+            history.append(metrics)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in self.progress_keys if k in metrics})
+        bar.close()
+        self.finish()
+        return history
+
+    progress_keys = ("loss",)
+    plot_keys = ("loss",)
+
+    def finish(self):
+        self.checkpoints.wait()
+        if self.is_main and self.metrics is not None:
+            self.metrics.close()
+            try:
+                plot(self.run_dir, self.run_dir / self.plot_file, keys=self.plot_keys)
+            except (KeyError, ValueError) as e:  # e.g. no steps logged
+                log.warning("no plot: %s", e)
+
+    plot_file = "loss.png"
+
+    def close(self):
+        self.checkpoints.close()

@@ -1,0 +1,177 @@
+"""The jitted, sharded training computations: the optimizer, the log-prob pass, and the update steps (GRPO and
+supervised), each with gradient accumulation over micro-batches and every input/output sharding declared.
+
+A mini-batch of M sequences is split into M / m micro-batches of m (row j of micro-batch i is row j*n + i, so
+each micro-batch spreads over all devices); their gradients are summed with the loss normalised by the whole
+mini-batch's denominator, so the update equals one pass over the mini-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from tooln1_jax import parallel
+from tooln1_jax.config import GRPOConfig, OptimConfig
+from tooln1_jax.models.qwen2 import Qwen2Config
+from tooln1_jax.train import grpo
+from tooln1_jax.train.sequences import response_logprobs
+
+
+def make_optimizer(cfg: OptimConfig, total_updates: int) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping; constant or warmup + cosine learning rate."""
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(total_updates, cfg.warmup_steps + 1))
+    elif cfg.warmup_steps:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps),
+                                   optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+    else:
+        lr = cfg.lr
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                       optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+
+
+def _split_micro(x: jax.Array, micro: int, sharding: NamedSharding | None) -> jax.Array:
+    n = x.shape[0] // micro
+    y = x.reshape(micro, n, *x.shape[1:]).swapaxes(0, 1)  # [n, micro, ...]: micro-batch i = rows i, i+n, ...
+    if sharding is not None:
+        spec = jax.sharding.PartitionSpec(None, *sharding.spec)
+        y = jax.lax.with_sharding_constraint(y, NamedSharding(sharding.mesh, spec))
+    return y
+
+
+def _accumulate(loss_fn, params, batch: dict, micro: int, mesh: Mesh):
+    """Sum of gradients and of metrics over micro-batches of `batch` (loss_fn returns (loss, metrics))."""
+    micro_batches = {k: _split_micro(v, micro, parallel.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(grads, mb):
+        (_, metrics), g = grad_fn(params, mb)
+        return jax.tree.map(jnp.add, grads, g), metrics
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    return jax.lax.scan(body, zeros, micro_batches)
+
+
+def _token_weighted(metrics: dict, summed: tuple[str, ...]) -> dict:
+    """Per-micro-batch metrics [n] -> scalars: `summed` keys add up, the rest are token-weighted means."""
+    tokens = metrics["num_tokens"]
+    out = {}
+    for key, values in metrics.items():
+        if key in summed or key == "num_tokens":
+            out[key] = jnp.sum(values)
+        else:
+            out[key] = jnp.sum(values * tokens) / jnp.maximum(jnp.sum(tokens), 1.0)
+    return out
+
+
+def _apply(optimizer, params, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    temperature: float
+    max_len: int  # Dr.GRPO's constant (the reply cap)
+    micro_batch_size: int
+    grpo: GRPOConfig
+
+
+def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, prompt_width: int,
+                 params, opt_state, batch: dict):
+    g = settings.grpo
+    den = grpo.loss_denominator(batch["response_mask"], g.loss_agg)
+    with_entropy = g.entropy_coef != 0.0
+
+    def loss_fn(p, mb):
+        logp, entropy = response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width,
+                                          temperature=settings.temperature, with_entropy=with_entropy)
+        return grpo.policy_loss(
+            logp, mb["old_logp"], mb["ref_logp"] if g.beta > 0 else None, mb["advantages"], mb["response_mask"],
+            clip_eps=g.epsilon, clip_eps_high=g.epsilon_high, dual_clip=g.dual_clip, kl_coef=g.beta,
+            kl_type=g.kl_type, agg=g.loss_agg, entropy=entropy if with_entropy else None,
+            entropy_coef=g.entropy_coef, max_len=settings.max_len, loss_denominator=den)
+
+    grads, metrics = _accumulate(loss_fn, params, batch, settings.micro_batch_size, mesh)
+    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
+    metrics = _token_weighted(metrics, summed=("loss", "pg_loss", "kl", "entropy"))
+    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+
+
+def _sft_update(config: Qwen2Config, micro_batch_size: int, optimizer, mesh: Mesh, prompt_width: int,
+                params, opt_state, batch: dict):
+    """Masked next-token cross-entropy on the reply tokens (token mean over the mini-batch)."""
+    den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
+
+    def loss_fn(p, mb):
+        logp, _ = response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width)
+        mask = mb["response_mask"]
+        nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
+        num_tokens = jnp.sum(mask)
+        target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
+        return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
+
+    grads, metrics = _accumulate(loss_fn, params, batch, micro_batch_size, mesh)
+    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
+    metrics = _token_weighted(metrics, summed=("loss",))
+    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+
+
+def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, prompt_width: int, params, tokens,
+              attention_mask):
+    return response_logprobs(config, params, tokens, attention_mask, prompt_width, temperature=temperature,
+                             with_entropy=with_entropy)
+
+
+class StepFunctions:
+    """Jitted log-prob pass and update steps of one run (one program per batch shape, shardings declared)."""
+
+    def __init__(self, config: Qwen2Config, optimizer: optax.GradientTransformation, mesh: Mesh, params):
+        self.config, self.optimizer, self.mesh = config, optimizer, mesh
+        self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        abstract_state = jax.eval_shape(optimizer.init, params)
+        self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, self.param_shardings,
+                                                   transform_non_params=lambda _: parallel.replicated(mesh))
+
+    def init_opt_state(self, params):
+        return jax.jit(self.optimizer.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(
+            params)
+
+    def _batch_shardings(self, batch: dict):
+        return {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
+
+    @functools.lru_cache(maxsize=16)
+    def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int):
+        rows2 = parallel.batch_sharding(self.mesh, 2)
+        return jax.jit(functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width),
+                       in_shardings=(self.param_shardings, rows2, rows2), out_shardings=(rows2, rows2))
+
+    def logprobs(self, params, tokens, attention_mask, prompt_width: int, *, temperature: float = 1.0,
+                 with_entropy: bool = False):
+        return self._logprob_program(float(temperature), with_entropy, prompt_width)(params, tokens,
+                                                                                     attention_mask)
+
+    @functools.lru_cache(maxsize=16)
+    def _update_program(self, kind: str, settings, prompt_width: int, batch_keys: tuple):
+        if kind == "grpo":
+            fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, prompt_width)
+        else:
+            fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh, prompt_width)
+        batch_sh = {k: parallel.batch_sharding(self.mesh, ndim) for k, ndim in batch_keys}
+        replicated = parallel.replicated(self.mesh)
+        return jax.jit(fn, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),
+                       out_shardings=(self.param_shardings, self.opt_shardings, replicated), donate_argnums=(0, 1))
+
+    def grpo_update(self, params, opt_state, batch: dict, prompt_width: int, settings: GRPOSettings):
+        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+        return self._update_program("grpo", settings, prompt_width, keys)(params, opt_state, batch)
+
+    def sft_update(self, params, opt_state, batch: dict, prompt_width: int, micro_batch_size: int):
+        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+        return self._update_program("sft", micro_batch_size, prompt_width, keys)(params, opt_state, batch)

@@ -1,0 +1,156 @@
+"""The GRPO loop: draw prompts -> sample G replies each -> score -> old/reference log-probs -> one optimizer step
+per mini-batch. Each step is a short sequence of named calls; the math lives in `grpo`, the jitted work in
+`step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tooln1_jax.rollout import sampler
+from tooln1_jax.train import grpo
+from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies, score_reply
+from tooln1_jax.train.sequences import pack
+from tooln1_jax.train.step import GRPOSettings
+
+# reward_fn(records, replies, reply_token_ids) -> (rewards [N], extra per-row metrics {name: [N]})
+RewardFn = Callable[[Sequence[dict], Sequence[str], Sequence[Sequence[int]]], tuple[np.ndarray, dict]]
+
+
+def _score_job(job):
+    return score_reply(*job)
+
+
+class ToolCallReward:
+    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates."""
+
+    def __init__(self, variant: str = "binary", workers: int = 0):
+        self.variant = variant
+        self._pool = ProcessPoolExecutor(workers) if workers > 0 else None
+
+    def __call__(self, records, replies, reply_ids):
+        jobs = [(reply, record["answer"], self.variant) for record, reply in zip(records, replies)]
+        results = list(self._pool.map(_score_job, jobs, chunksize=64) if self._pool else map(_score_job, jobs))
+        rewards, exact, formatted = (np.array(x, np.float32) for x in zip(*results))
+        return rewards, {"exact_match": exact, "format_ok": formatted}
+
+    def close(self):
+        if self._pool:
+            self._pool.shutdown()
+
+
+class GRPOTrainer(TrainingRun):
+    name = "grpo"
+    progress_keys = ("reward/mean", "kl")
+    plot_keys = ("reward/mean", "kl")
+    plot_file = "reward.png"
+
+    def __init__(self, cfg, *, reward_fn: RewardFn | None = None, **kwargs):
+        self._reward_fn = reward_fn
+        super().__init__(cfg, **kwargs)
+
+    def sequences_per_update(self) -> int:
+        return self.cfg.train.mini_batch_size * self.cfg.rollout.num_generations
+
+    def total_updates(self) -> int:
+        t = self.cfg.train
+        return t.steps * (t.batch_size // t.mini_batch_size)
+
+    def setup(self):
+        cfg = self.cfg
+        self.ref_params = jax.tree.map(lambda x: x.copy(), self.params) if cfg.grpo.beta > 0 else None
+        self.reward_fn = self._reward_fn or ToolCallReward(cfg.grpo.reward, cfg.train.reward_workers)
+        self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
+                                     micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
+
+    # -- the parts of a step -----------------------------------------------------------------------------------
+    def rollout(self, records: list[dict]) -> sampler.Rollout:
+        r = self.cfg.rollout
+        return sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records],
+                                num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
+                                temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
+                                rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh)
+
+    def advantages(self, rewards: np.ndarray) -> np.ndarray:
+        g = self.cfg.rollout.num_generations
+        return np.asarray(grpo.group_advantages(jnp.asarray(rewards), g, scale_by_std=self.cfg.grpo.scale_rewards))
+
+    def minibatches(self, records, reply_ids, advantages) -> tuple[list[dict], int]:
+        """One device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
+        computed before the first update: "old" is the policy that sampled."""
+        g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
+        packed = pack([records[i // g]["prompt_ids"] for i in range(len(reply_ids))], reply_ids)
+        rows = self.sequences_per_update() // jax.process_count()
+        batches = []
+        for start in range(0, len(reply_ids), rows):
+            sl = slice(start, start + rows)
+            batch = {"tokens": packed.tokens[sl], "attention_mask": packed.attention_mask[sl],
+                     "response_mask": packed.response_mask[sl], "advantages": advantages[sl].astype(np.float32)}
+            batch = {k: self.global_batch(v) for k, v in batch.items()}
+            batch["old_logp"], batch["entropy"] = self.steps.logprobs(
+                self.params, batch["tokens"], batch["attention_mask"], packed.prompt_width,
+                temperature=temperature, with_entropy=True)
+            if self.ref_params is not None:
+                batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, batch["tokens"], batch["attention_mask"],
+                                                           packed.prompt_width, temperature=temperature)
+            batches.append(batch)
+        return batches, packed.prompt_width
+
+    def update(self, batches: list[dict], prompt_width: int) -> list[dict]:
+        metrics = []
+        for batch in batches:
+            entropy, mask = batch.pop("entropy"), batch["response_mask"]
+            self.params, self.opt_state, m = self.steps.grpo_update(self.params, self.opt_state, batch, prompt_width,
+                                                                   self.settings)
+            m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # of the sampling policy
+            metrics.append(m)
+        return jax.device_get(metrics)
+
+    def train_step(self) -> StepResult:
+        g = self.cfg.rollout.num_generations
+        records = next(self.loader)
+        start = time.perf_counter()
+        rollout = self.rollout(records)
+        rollout_seconds = time.perf_counter() - start
+        replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
+        row_records = [records[i // g] for i in range(len(replies))]
+        rewards, extra = self.reward_fn(row_records, replies, reply_ids)
+        start = time.perf_counter()
+        batches, prompt_width = self.minibatches(records, reply_ids, self.advantages(rewards))
+        update_metrics = self.update(batches, prompt_width)
+        update_seconds = time.perf_counter() - start
+        self.step += 1
+        metrics = self.step_metrics(rewards, extra, rollout, update_metrics, rollout_seconds, update_seconds)
+        samples = [{"id": row_records[i]["id"], "reward": float(rewards[i]), "reply": replies[i]}
+                   for i in range(0, min(len(replies), 2 * g), g)]
+        return StepResult(metrics, samples)
+
+    def step_metrics(self, rewards, extra, rollout, update_metrics, rollout_seconds, update_seconds) -> dict:
+        g = self.cfg.rollout.num_generations
+        lengths = self.all_rows(rollout.lengths)
+        metrics = jax.device_get(grpo.group_reward_metrics(jnp.asarray(self.all_rows(rewards)), g))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        for name, values in extra.items():
+            metrics[f"reward/{name}"] = float(np.mean(self.all_rows(np.asarray(values, np.float32))))
+        for key in update_metrics[0]:
+            metrics[key] = float(np.mean([m[key] for m in update_metrics]))
+        stopped = self.all_rows((rollout.finish_reason == "stop").astype(np.float32))
+        generated = int(lengths.sum())
+        metrics.update({"reply_len/mean": float(lengths.mean()), "reply_len/max": int(lengths.max()),
+                        "finish/stop_frac": float(stopped.mean()),
+                        "time/rollout_s": rollout_seconds, "time/update_s": update_seconds,
+                        "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
+                        "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
+                        "epoch": self.loader.epoch, "updates": len(update_metrics)})
+        return metrics
+
+    def close(self):
+        super().close()
+        if isinstance(self.reward_fn, ToolCallReward):
+            self.reward_fn.close()
