@@ -205,3 +205,17 @@ def test_sharded_greedy_equals_one_device(model_dir):
             print(spec, "ok")
     """)
     assert "fsdp=4,tensor=2 ok" in out and "data=2,fsdp=4 ok" in out
+
+
+def test_prompt_seeds_make_samples_independent_of_the_batch_layout(loaded):
+    config, params = loaded
+    kwargs = dict(num_samples=3, max_new_tokens=10, temperature=1.0, rng=jax.random.key(5), stop_ids=())
+    a = sampler.generate(config, params, [PROMPTS[0], PROMPTS[1]], prompt_seeds=[10, 11], **kwargs)
+    b = sampler.generate(config, params, [PROMPTS[2], PROMPTS[1], PROMPTS[3], PROMPTS[0]],
+                         prompt_seeds=[12, 11, 13, 10], **kwargs)  # other order, another batch bucket
+    np.testing.assert_array_equal(a.tokens[:3], b.tokens[9:12])
+    np.testing.assert_array_equal(a.tokens[3:6], b.tokens[3:6])
+    c = sampler.generate(config, params, [PROMPTS[0], PROMPTS[1]], prompt_seeds=[20, 11], **kwargs)
+    assert (c.tokens[:3] != a.tokens[:3]).any() and (c.tokens[3:6] == a.tokens[3:6]).all()
+    with pytest.raises(ValueError, match="prompt_seeds has 1 entries for 2 prompts"):
+        sampler.generate(config, params, [PROMPTS[0], PROMPTS[1]], prompt_seeds=[1], **kwargs)

@@ -115,11 +115,11 @@ def _prefill(config: Qwen2Config, num_samples: int, slots: int, params, tokens, 
 
 
 def _decode(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], budget: int,
-            params, cache: KVCache, logits, positions, max_new, rng):
-    """Sample until every row has stopped or `max_new` (<= budget) tokens; one while_loop, no host round trips."""
+            params, cache: KVCache, logits, positions, row_ids, max_new, rng):
+    """Sample until every row has stopped or `max_new` (<= budget) tokens; one while_loop, no host round trips.
+    Row r draws from fold_in(fold_in(rng, step), row_ids[r])."""
     STATS["compiles"] += 1
     rows = logits.shape[0]
-    row_ids = jnp.arange(rows)
     stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
 
     def cond(state):
@@ -163,7 +163,7 @@ def _programs(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...]
     prefill = jax.jit(functools.partial(_prefill, config, num_samples, slots),
                       in_shardings=(param_shardings, batch2, batch2), out_shardings=(batch2, cache_sh))
     decode = jax.jit(functools.partial(_decode, config, sampling, stop_ids, budget),
-                     in_shardings=(param_shardings, cache_sh, batch2, batch1, replicated, replicated),
+                     in_shardings=(param_shardings, cache_sh, batch2, batch1, batch1, replicated, replicated),
                      out_shardings=(batch2, batch2, batch1, batch1, cache_sh, batch2), donate_argnums=(1, 2))
     return prefill, decode
 
@@ -189,11 +189,12 @@ def _local(x: jax.Array) -> np.ndarray:
 def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, num_samples: int = 1,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              stop_ids: Sequence[int] = DEFAULT_STOP_IDS, rng: jax.Array | None = None, mesh: Mesh | None = None,
-             max_cache_len: int | None = None) -> Rollout:
+             max_cache_len: int | None = None, prompt_seeds: Sequence[int] | None = None) -> Rollout:
     """Sample `num_samples` replies to each prompt (lists of token ids). temperature 0 = greedy.
 
-    In a multi-host run each process passes its own prompts (the same number on every process) and gets back
-    the rollouts of those prompts.
+    prompt_seeds: one integer per prompt that, with `rng`, fixes that prompt's samples whatever the batch
+    layout, bucket or host it lands on (default: the prompt's index in `prompts`). In a multi-host run each
+    process passes its own prompts (the same number on every process) and gets back their rollouts.
     """
     sampling = Sampling(float(temperature), float(top_p), int(top_k))
     sampling.validate()
@@ -204,6 +205,8 @@ def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, n
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts:
         raise ValueError("no prompts given")
+    if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+        raise ValueError(f"prompt_seeds has {len(prompt_seeds)} entries for {len(prompts)} prompts")
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompt {i} is empty")
@@ -234,8 +237,11 @@ def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, n
     batch2, batch1 = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 1)
     logits, cache = prefill(params, _global(tokens, batch2), _global(mask, batch2))
     positions = _global(np.repeat(lengths, num_samples), batch1)
+    seeds = np.zeros(n_prompts, np.int64)  # filler rows: any seed, their samples are dropped
+    seeds[:len(prompts)] = np.arange(len(prompts)) if prompt_seeds is None else np.asarray(prompt_seeds)
+    row_ids = _global((seeds[:, None] * num_samples + np.arange(num_samples)).reshape(-1).astype(np.uint32), batch1)
     rng = jax.random.key(0) if rng is None else rng
-    out_tokens, out_logp, out_len, stopped, _, _ = decode(params, cache, logits, positions,
+    out_tokens, out_logp, out_len, stopped, _, _ = decode(params, cache, logits, positions, row_ids,
                                                           jnp.int32(max_new_tokens), rng)
 
     keep = len(prompts) * num_samples

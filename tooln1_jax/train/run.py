@@ -95,9 +95,10 @@ class TrainingRun:
         self.train_records = self.prepare_records(train_records if train_records is not None else load("train"))
         self.eval_records = eval_records if eval_records is not None else (
             load("test") if cfg.data.test and t.eval_every else [])
-        self.loader = PromptLoader(self.train_records, batch_size=t.batch_size // jax.process_count(), seed=t.seed,
+        shard_index, shard_count = self.loader_shard()
+        self.loader = PromptLoader(self.train_records, batch_size=t.batch_size // shard_count, seed=t.seed,
                                    shuffle=cfg.data.shuffle, num_epochs=cfg.data.num_epochs,
-                                   shard_index=jax.process_index(), shard_count=jax.process_count())
+                                   shard_index=shard_index, shard_count=shard_count)
 
         self.checkpoints = checkpoint.Checkpoints(self.run_dir, keep=cfg.checkpoint.keep,
                                                   async_save=cfg.checkpoint.async_save)
@@ -129,6 +130,10 @@ class TrainingRun:
     def setup(self) -> None:
         """Extra state built after the model (the reference model, the reward function, ...)."""
 
+    def loader_shard(self) -> tuple[int, int]:
+        """(index, count) of this host's share of each batch the loader serves (default: one slice per host)."""
+        return jax.process_index(), jax.process_count()
+
     def sequences_per_update(self) -> int:
         raise NotImplementedError
 
@@ -147,8 +152,9 @@ class TrainingRun:
             if rows % multiple:
                 raise ValueError(f"{name} = {rows} does not divide over the {multiple} devices of the mesh's "
                                  f"batch axes (data x fsdp of {dict(self.mesh.shape)})")
-        if t.batch_size % jax.process_count():
-            raise ValueError(f"train.batch_size {t.batch_size} does not divide over {jax.process_count()} hosts")
+        if t.mini_batch_size % jax.process_count():
+            raise ValueError(f"train.mini_batch_size {t.mini_batch_size} does not divide over "
+                             f"{jax.process_count()} hosts")
 
     def meta(self) -> dict:
         return {"step": self.step, "loader": self.loader.get_state(),

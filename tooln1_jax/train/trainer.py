@@ -62,6 +62,16 @@ class GRPOTrainer(TrainingRun):
         t = self.cfg.train
         return t.steps * (t.batch_size // t.mini_batch_size)
 
+    def loader_shard(self) -> tuple[int, int]:
+        return 0, 1  # every host reads the global batch and takes its part of each mini-batch (`local_positions`)
+
+    def local_positions(self, batch_size: int) -> list[int]:
+        """This host's prompts: its slice of every mini-batch, in mini-batch order. The hosts' rows of mini-batch
+        k laid end to end are then the global mini-batch k, as in a single-process run."""
+        mb, hosts, host = self.cfg.train.mini_batch_size, jax.process_count(), jax.process_index()
+        per = mb // hosts
+        return [k * mb + host * per + j for k in range(batch_size // mb) for j in range(per)]
+
     def setup(self):
         cfg = self.cfg
         self.ref_params = jax.tree.map(lambda x: x.copy(), self.params) if cfg.grpo.beta > 0 else None
@@ -70,12 +80,14 @@ class GRPOTrainer(TrainingRun):
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
 
     # -- the parts of a step -----------------------------------------------------------------------------------
-    def rollout(self, records: list[dict]) -> sampler.Rollout:
+    def rollout(self, records: list[dict], positions: list[int]) -> sampler.Rollout:
+        """G samples per prompt; a prompt's samples depend on the step and its position in the global batch only."""
         r = self.cfg.rollout
         return sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records],
                                 num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
                                 temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
-                                rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh)
+                                rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh,
+                                prompt_seeds=positions)
 
     def advantages(self, rewards: np.ndarray) -> np.ndarray:
         g = self.cfg.rollout.num_generations
@@ -114,9 +126,11 @@ class GRPOTrainer(TrainingRun):
 
     def train_step(self) -> StepResult:
         g = self.cfg.rollout.num_generations
-        records = next(self.loader)
+        global_records = next(self.loader)
+        positions = self.local_positions(len(global_records))
+        records = [global_records[i] for i in positions]
         start = time.perf_counter()
-        rollout = self.rollout(records)
+        rollout = self.rollout(records, positions)
         rollout_seconds = time.perf_counter() - start
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
         row_records = [records[i // g] for i in range(len(replies))]

@@ -1,0 +1,164 @@
+"""The GRPO trainer end to end: it learns, it resumes exactly after SIGKILL, it gives the same losses on 8
+devices and on 2 processes as on one, and it refuses bad input before any long work."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from train_helpers import tiny_config, trainer
+
+HELPER = str(Path(__file__).resolve().parent / "train_helpers.py")
+TIMING = ("time/", "tokens_per_s", "rollout_tokens_per_s")
+
+
+def _run_script(run_dir, *args, env=None, timeout=600):
+    result = subprocess.run([sys.executable, HELPER, str(run_dir), *args], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.split("HISTORY ", 1)[1])
+
+
+def _comparable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING)}
+
+
+def test_grpo_learns_a_dense_synthetic_reward(tmp_path):
+    t = trainer(tiny_config("train.steps=16", "checkpoint.every=100"), tmp_path / "run")
+    history = t.run(progress=False)
+    t.close()
+    rewards = np.array([m["reward/mean"] for m in history])
+    # about 10/64 of uniformly sampled tokens are "digits" at the start; GRPO must push that up a lot
+    assert rewards[0] < 0.3, rewards
+    assert rewards[-4:].mean() > rewards[0] + 0.3, rewards
+    assert all(np.isfinite(m["loss"]) for m in history)
+    assert history[0]["updates"] == 2  # batch 8 / mini-batch 4
+
+
+def test_a_single_update_per_step_is_on_policy(tmp_path):
+    """Old log-probs come from the same function, temperature and weights as the update's: ratio 1, no clipping."""
+    t = trainer(tiny_config("train.steps=1", "train.batch_size=4", "checkpoint.every=100",
+                            "rollout.temperature=0.7"), tmp_path / "run")
+    (metrics,) = t.run(progress=False)
+    t.close()
+    assert metrics["updates"] == 1
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["clip_frac"] == 0.0
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the initial policy
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
+    steps = 6
+    full = _run_script(tmp_path / "full", f"--set=train.steps={steps}")
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, HELPER, str(run_dir), f"--set=train.steps={steps}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / str(steps // 2)).is_dir():  # a finished checkpoint (no tmp suffix)
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert done[-1] < steps, "killed too late to test anything"
+
+    resumed = _run_script(run_dir, "--resume", f"--set=train.steps={steps}")
+    assert len(resumed) == steps - done[-1]
+    assert _comparable(resumed[-1]) == _comparable(full[-1])
+
+    from tooln1_jax.train import checkpoint
+
+    _, a = checkpoint.load_model(tmp_path / "full")
+    _, b = checkpoint.load_model(run_dir)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the metrics file of the resumed run reads like the uninterrupted one's
+    lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert lines(run_dir) == lines(tmp_path / "full")
+
+
+def test_eight_devices_give_the_losses_of_one(tmp_path):
+    overrides = ["--set=train.steps=3", "--set=checkpoint.every=100"]
+    one = _run_script(tmp_path / "one", *overrides, env={"JAX_PLATFORMS": "cpu"})
+    for mesh in (["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"], ["mesh.fsdp=8"]):
+        eight = _run_script(tmp_path / ("eight" + "_".join(mesh)), *overrides, *[f"--set={m}" for m in mesh],
+                            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
+        for a, b in zip(one, eight):
+            assert a["reward/mean"] == b["reward/mean"], mesh  # same samples
+            for key in ("loss", "pg_loss", "kl", "grad_norm", "clip_frac"):
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (mesh, key)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_through_jax_distributed_give_the_loss_of_one(tmp_path):
+    overrides = ["--set=train.steps=2", "--set=checkpoint.every=100"]
+    one = _run_script(tmp_path / "one", *overrides,
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "TOOLN1_COORDINATOR": f"localhost:{port}",
+               "TOOLN1_NUM_PROCESSES": "2", "TOOLN1_PROCESS_ID": str(pid)}
+        procs.append(subprocess.Popen([sys.executable, HELPER, str(tmp_path / "multi"), *overrides], cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, f"{out}\n{err}"
+    multi = json.loads(outs[0][0].split("HISTORY ", 1)[1])
+    for a, b in zip(one, multi):
+        assert a["reward/mean"] == b["reward/mean"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-7)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def test_bad_input_fails_before_long_work(tmp_path):
+    from tooln1_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
+        tiny_config("train.stepz=3")
+    with pytest.raises(ConfigError, match="optim.lr must be float"):
+        tiny_config("optim.lr=fast")
+    with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
+        tiny_config("train.batch_size=6")
+    (tmp_path / "empty").mkdir()
+    from tooln1_jax.data import records
+
+    records.write_prepared([], tmp_path / "empty" / "train.parquet", "train")
+    from tooln1_jax.train.trainer import GRPOTrainer
+
+    with pytest.raises(ValueError, match=r"empty.*no records"):
+        GRPOTrainer(tiny_config(f"data.train={tmp_path / 'empty'}"), run_dir=tmp_path / "r0")
+    # a checkpoint of another model shape is refused when resuming
+    t = trainer(tiny_config("train.steps=1"), tmp_path / "r1")
+    t.run(progress=False)
+    t.close()
+    with pytest.raises(ValueError, match=r"another model shape \(hidden_size: checkpoint 32, config 48"):
+        trainer(tiny_config("train.steps=2", "model.hidden_size=48"), tmp_path / "r1", resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        trainer(tiny_config("train.steps=2"), tmp_path / "r1")
+
+
+def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
+    result = subprocess.run(
+        [sys.executable, HELPER, str(tmp_path / "r"), "--set=mesh.fsdp=8", "--set=train.micro_batch_size=4",
+         "--set=train.mini_batch_size=1", "--set=train.batch_size=2"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
+    assert result.returncode != 0
+    assert "train.micro_batch_size = 4 does not divide over the 8 devices" in result.stderr
