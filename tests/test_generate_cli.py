@@ -13,7 +13,8 @@ from conftest import tiny_hf_model
 from tooln1_jax import assets
 from tooln1_jax.cli import main as cli_main
 from tooln1_jax.data import prompts
-from tooln1_jax.rollout import generate_cli, sampler
+from tooln1_jax import generate as generate_cli
+from tooln1_jax.rollout import sampler
 
 STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
@@ -96,9 +97,11 @@ def test_samples_come_in_groups_and_follow_the_seed(model_dir, tmp_path, capsys)
         assert isinstance(row["reply"], str) and 1 <= row["num_tokens"] <= 6
         assert row["finish_reason"] == "stop" or (row["finish_reason"] == "length" and row["num_tokens"] == 6)
     replies = [r["reply"] for r in rows]
-    assert replies[:3] != replies[3:]  # each batch draws from its own random stream
+    assert replies[:3] != replies[3:]  # each conversation draws from its own random stream
     assert [r["reply"] for r in run_cli(capsys, argv + ["--seed", "7"])] == replies
     assert [r["reply"] for r in run_cli(capsys, argv + ["--seed", "8"])] != replies
+    # the samples of a conversation depend on its index, not on how the file is batched
+    assert [r["reply"] for r in run_cli(capsys, argv[:-2] + ["--batch-size", "2", "--seed", "7"])] == replies
 
 
 def test_bad_input_exits_2_with_the_file_and_line_before_loading_the_model(tmp_path, capsys):

@@ -108,9 +108,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         entry.run(args.command, config_path=args.config, overrides=args.overrides, run_dir=args.run_dir,
                   resume=args.resume)
     elif args.command == "generate":
-        from tooln1_jax.rollout import generate_cli
+        from tooln1_jax import generate
 
-        generate_cli.run(args)
+        generate.run(args)
     elif args.command == "eval":
         from tooln1_jax.eval import benchmarks
 

@@ -54,6 +54,7 @@ class RolloutConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0
+    prompts_per_call: int = 0  # prompts per sampler call, all hosts together (bounds the KV cache); 0 = the batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +266,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.prompts_per_call < 0:
+        raise ConfigError(f"rollout.prompts_per_call must be >= 0 (0 = the whole batch), got {r.prompts_per_call}")
     if r.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0 for GRPO sampling, got {r.temperature}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),

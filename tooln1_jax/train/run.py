@@ -49,12 +49,7 @@ def build_model(cfg: RunConfig, mesh) -> tuple[Qwen2Config, dict]:
 
 def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[str], list[list[int]]]:
     """Reply texts (stop token excluded, special tokens kept) and their token ids."""
-    ids = []
-    for row, n in zip(rollout.tokens, rollout.lengths):
-        reply = row[:n].tolist()
-        if reply and reply[-1] in stop_ids:
-            reply = reply[:-1]
-        ids.append(reply)
+    ids = sampler.reply_ids(rollout, stop_ids)
     return tokenizer.batch_decode(ids, skip_special_tokens=False), ids
 
 

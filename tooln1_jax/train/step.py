@@ -123,10 +123,21 @@ def _sft_update(config: Qwen2Config, micro_batch_size: int, optimizer, mesh: Mes
     return params, opt_state, {**metrics, "grad_norm": grad_norm}
 
 
-def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, prompt_width: int, params, tokens,
-              attention_mask):
-    return response_logprobs(config, params, tokens, attention_mask, prompt_width, temperature=temperature,
-                             with_entropy=with_entropy)
+def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, prompt_width: int, micro: int,
+              mesh: Mesh, params, tokens, attention_mask):
+    """Reply log-probs (and entropies) [N, R], computed `micro` sequences at a time (bounded activations)."""
+    def one(t, m):
+        return response_logprobs(config, params, t, m, prompt_width, temperature=temperature,
+                                 with_entropy=with_entropy)
+
+    rows = tokens.shape[0]
+    if rows <= micro:
+        return one(tokens, attention_mask)
+    sharding = parallel.batch_sharding(mesh, 2)
+    chunks = (_split_micro(tokens, micro, sharding), _split_micro(attention_mask, micro, sharding))
+    logp, entropy = jax.lax.map(lambda xs: one(*xs), chunks)  # [n, micro, R]
+    merge = lambda x: x.swapaxes(0, 1).reshape(rows, -1)  # noqa: E731  inverse of _split_micro
+    return merge(logp), merge(entropy)
 
 
 class StepFunctions:
@@ -147,15 +158,15 @@ class StepFunctions:
         return {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
 
     @functools.lru_cache(maxsize=16)
-    def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int):
+    def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int, micro: int):
         rows2 = parallel.batch_sharding(self.mesh, 2)
-        return jax.jit(functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width),
-                       in_shardings=(self.param_shardings, rows2, rows2), out_shardings=(rows2, rows2))
+        fn = functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width, micro, self.mesh)
+        return jax.jit(fn, in_shardings=(self.param_shardings, rows2, rows2), out_shardings=(rows2, rows2))
 
-    def logprobs(self, params, tokens, attention_mask, prompt_width: int, *, temperature: float = 1.0,
-                 with_entropy: bool = False):
-        return self._logprob_program(float(temperature), with_entropy, prompt_width)(params, tokens,
-                                                                                     attention_mask)
+    def logprobs(self, params, tokens, attention_mask, prompt_width: int, *, micro_batch_size: int,
+                 temperature: float = 1.0, with_entropy: bool = False):
+        program = self._logprob_program(float(temperature), with_entropy, prompt_width, micro_batch_size)
+        return program(params, tokens, attention_mask)
 
     @functools.lru_cache(maxsize=16)
     def _update_program(self, kind: str, settings, prompt_width: int, batch_keys: tuple):

@@ -81,13 +81,17 @@ class GRPOTrainer(TrainingRun):
 
     # -- the parts of a step -----------------------------------------------------------------------------------
     def rollout(self, records: list[dict], positions: list[int]) -> sampler.Rollout:
-        """G samples per prompt; a prompt's samples depend on the step and its position in the global batch only."""
+        """G samples per prompt, `rollout.prompts_per_call` prompts per sampler call (bounds the KV cache); a
+        prompt's samples depend only on the step and its position in the global batch."""
         r = self.cfg.rollout
-        return sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records],
-                                num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
-                                temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
-                                rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh,
-                                prompt_seeds=positions)
+        chunk = r.prompts_per_call // jax.process_count() or len(records)
+        parts = [sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records[i:i + chunk]],
+                                  num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
+                                  temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
+                                  rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh,
+                                  prompt_seeds=positions[i:i + chunk])
+                 for i in range(0, len(records), chunk)]
+        return sampler.concatenate(parts)
 
     def advantages(self, rewards: np.ndarray) -> np.ndarray:
         g = self.cfg.rollout.num_generations
@@ -105,12 +109,12 @@ class GRPOTrainer(TrainingRun):
             batch = {"tokens": packed.tokens[sl], "attention_mask": packed.attention_mask[sl],
                      "response_mask": packed.response_mask[sl], "advantages": advantages[sl].astype(np.float32)}
             batch = {k: self.global_batch(v) for k, v in batch.items()}
-            batch["old_logp"], batch["entropy"] = self.steps.logprobs(
-                self.params, batch["tokens"], batch["attention_mask"], packed.prompt_width,
-                temperature=temperature, with_entropy=True)
+            pass_args = (batch["tokens"], batch["attention_mask"], packed.prompt_width)
+            pass_kwargs = {"micro_batch_size": self.cfg.train.micro_batch_size, "temperature": temperature}
+            batch["old_logp"], batch["entropy"] = self.steps.logprobs(self.params, *pass_args, with_entropy=True,
+                                                                      **pass_kwargs)
             if self.ref_params is not None:
-                batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, batch["tokens"], batch["attention_mask"],
-                                                           packed.prompt_width, temperature=temperature)
+                batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, *pass_args, **pass_kwargs)
             batches.append(batch)
         return batches, packed.prompt_width
 

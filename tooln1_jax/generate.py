@@ -155,16 +155,10 @@ def build_prompts(conversations: Sequence[Conversation], tokenizer) -> list[str]
 def reply_rows(rollout, tokenizer, stop_ids: Sequence[int], num_samples: int, first_index: int = 0) -> list[dict]:
     """One output row per rollout row: the reply without its stop token (special tokens kept); `num_tokens`
     counts the generated tokens including the stop token."""
-    rows = []
-    for row, (tokens, length) in enumerate(zip(rollout.tokens, rollout.lengths)):
-        ids = tokens[:int(length)].tolist()
-        if ids and ids[-1] in stop_ids:
-            ids = ids[:-1]
-        # a prompt's samples are contiguous rows
-        rows.append({"index": first_index + int(rollout.prompt_index[row]), "sample": row % num_samples,
-                     "reply": tokenizer.decode(ids, skip_special_tokens=False),
-                     "finish_reason": str(rollout.finish_reason[row]), "num_tokens": int(length)})
-    return rows
+    texts = tokenizer.batch_decode(sampler.reply_ids(rollout, stop_ids), skip_special_tokens=False)
+    return [{"index": first_index + int(rollout.prompt_index[row]), "sample": row % num_samples,  # samples contiguous
+             "reply": texts[row], "finish_reason": str(rollout.finish_reason[row]),
+             "num_tokens": int(rollout.lengths[row])} for row in range(len(texts))]
 
 
 def run(args: argparse.Namespace, out=None) -> None:
@@ -182,12 +176,12 @@ def run(args: argparse.Namespace, out=None) -> None:
     stop_ids = sampler.DEFAULT_STOP_IDS
     key = jax.random.key(args.seed)
     with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", file=sys.stderr, disable=None) as bar:
-        for number, start in enumerate(range(0, len(prompt_ids), args.batch_size)):
+        for start in range(0, len(prompt_ids), args.batch_size):
             batch = prompt_ids[start:start + args.batch_size]
             rollout = sampler.generate(config, params, batch, num_samples=args.num_samples,
                                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                       top_p=args.top_p, top_k=args.top_k, stop_ids=stop_ids,
-                                       rng=jax.random.fold_in(key, number))  # a fresh stream per batch
+                                       top_p=args.top_p, top_k=args.top_k, stop_ids=stop_ids, rng=key,
+                                       prompt_seeds=range(start, start + len(batch)))  # independent of batching
             for row in reply_rows(rollout, tokenizer, stop_ids, args.num_samples, start):
                 print(json.dumps(row, ensure_ascii=False), file=out, flush=True)
             bar.update(len(batch))
