@@ -50,3 +50,34 @@ def test_real_gguf_top1_agrees_with_transformers():
     print(f"top-1 agreement over {ids.shape[1]} positions: {agreement:.4f}; "
           f"max |dlogit| {np.abs(ours - theirs).max():.3g}")
     assert agreement >= 0.99
+
+
+def test_real_gguf_greedy_rollouts_equal_transformers_generate():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tooln1_jax import assets
+    from tooln1_jax.models import weights
+    from tooln1_jax.rollout import sampler
+
+    tok = assets.load_tokenizer()
+    chats = [[{"role": "user", "content": "Write a Python function that reverses a string."}],
+             [{"role": "system", "content": "You are terse."},
+              {"role": "user", "content": "List three prime numbers and explain why each is prime."}]]
+    prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    config, params = weights.load(GGUF, dtype="float32")
+    ours = sampler.generate(config, params, ids, max_new_tokens=64, temperature=0.0, stop_ids=())
+    del params
+
+    reference = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name,
+                                                     dtype=torch.float32).eval()
+    for row, prompt in enumerate(ids):
+        with torch.no_grad():
+            out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                     do_sample=False, max_new_tokens=64, min_new_tokens=64, eos_token_id=None,
+                                     pad_token_id=151643)
+        theirs = out[0, len(prompt):].numpy()
+        agree = int(np.cumprod(ours.tokens[row] == theirs).sum())
+        print(f"row {row}: {agree}/64 tokens agree before the first difference")
+        np.testing.assert_array_equal(ours.tokens[row], theirs)
