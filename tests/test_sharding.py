@@ -97,3 +97,42 @@ def test_indivisible_dims_stay_replicated_and_no_mesh_axis_is_used_twice():
     with pytest.raises(ValueError, match="two dims"):
         parallel.logical_to_spec(("embed", "embed"), (8, 8), FakeMesh())
     assert isinstance(parallel.single_device_mesh(devices[0]), Mesh)
+
+
+def test_fsdp_shards_activations_like_data_parallelism():
+    """Under FSDP the batch stays split across devices (weights are gathered instead), so the per-device
+    activation memory of a training pass matches pure data parallelism rather than one device's."""
+    out = run_on_fake_devices("""
+        import jax, jax.numpy as jnp
+        from tooln1_jax import parallel
+        from tooln1_jax.models import qwen2
+        from tooln1_jax.train.sequences import response_logprobs
+
+        cfg = qwen2.Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=2048, num_hidden_layers=4,
+                                num_attention_heads=8, num_key_value_heads=4, remat=True)
+        temp = {}
+        for name, spec, devices in (("data", {"data": 8}, None), ("fsdp", {"fsdp": 8}, None),
+                                    ("fsdp_tensor", {"fsdp": 4, "tensor": 2}, None),
+                                    ("one", {"data": 1}, jax.devices()[:1])):
+            mesh = parallel.make_mesh(spec, devices)
+            shapes, logical = qwen2.abstract_params(cfg)
+            shardings = parallel.shardings(shapes, logical, mesh)
+            rows = parallel.batch_sharding(mesh, 2)
+
+            def loss(p, t, m):
+                with parallel.activation_sharding(mesh):
+                    return response_logprobs(cfg, p, t, m, 256)[0].sum()
+
+            args = (jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=x), shapes, shardings),
+                    jax.ShapeDtypeStruct((16, 512), jnp.int32, sharding=rows),
+                    jax.ShapeDtypeStruct((16, 512), bool, sharding=rows))
+            compiled = jax.jit(jax.grad(loss), in_shardings=(shardings, rows, rows),
+                               out_shardings=shardings).lower(*args).compile()
+            temp[name] = compiled.memory_analysis().temp_size_in_bytes
+        print(temp)
+        assert temp["fsdp"] <= 1.2 * temp["data"], temp
+        assert temp["fsdp_tensor"] <= 1.5 * temp["data"], temp
+        assert temp["fsdp"] <= 0.25 * temp["one"], temp
+        print("ok")
+    """)
+    assert "ok" in out

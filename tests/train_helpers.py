@@ -34,10 +34,10 @@ def tiny_config(*overrides: str) -> config_lib.RunConfig:
     return config_lib.load(None, [*TINY, *overrides])
 
 
-def synthetic_records(n: int = 32, seed: int = 0) -> list[dict]:
+def synthetic_records(n: int = 32, seed: int = 0, max_len: int = 8) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [{"id": f"syn-{i}", "source": "synthetic", "system": None, "tools": [], "messages": [], "answer": [],
-             "prompt_ids": rng.integers(20, VOCAB, int(rng.integers(3, 9))).tolist()} for i in range(n)]
+             "prompt_ids": rng.integers(20, VOCAB, int(rng.integers(3, max_len + 1))).tolist()} for i in range(n)]
 
 
 def digit_reward(records, replies, reply_ids):
@@ -53,11 +53,11 @@ class FakeTokenizer:
         return [" ".join(map(str, row)) for row in ids]
 
 
-def trainer(cfg, run_dir, *, resume=False):
+def trainer(cfg, run_dir, *, resume=False, records=None, reward_fn=digit_reward):
     from tooln1_jax.train.trainer import GRPOTrainer
 
-    return GRPOTrainer(cfg, run_dir=run_dir, train_records=synthetic_records(), eval_records=[],
-                       tokenizer=FakeTokenizer(), reward_fn=digit_reward, resume=resume)
+    return GRPOTrainer(cfg, run_dir=run_dir, train_records=records or synthetic_records(), eval_records=[],
+                       tokenizer=FakeTokenizer(), reward_fn=reward_fn, resume=resume)
 
 
 def main():
@@ -65,8 +65,10 @@ def main():
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--prompt-len-max", type=int, default=8)
     args = parser.parse_args()
-    t = trainer(tiny_config(*args.overrides), args.run_dir, resume=args.resume)
+    t = trainer(tiny_config(*args.overrides), args.run_dir, resume=args.resume,
+                records=synthetic_records(max_len=args.prompt_len_max))
     history = t.run(progress=False)
     t.close()
     import jax

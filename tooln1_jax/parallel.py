@@ -7,9 +7,11 @@ dimension that a mesh axis does not divide stays replicated on that axis (e.g. 2
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -32,6 +34,13 @@ RULES: Rules = (
     ("layers", None),
     ("norm", None),
     ("length", None),
+    # activations: the batch over (data, fsdp) -- so FSDP gathers weights rather than moving activations -- and
+    # heads / MLP / vocabulary over tensor
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
 
 
@@ -115,6 +124,51 @@ def shardings(shapes, logical, mesh: Mesh, rules: Rules = RULES):
     """Tree of NamedSharding for a tree of arrays/ShapeDtypeStructs and the matching tree of logical specs."""
     return jax.tree.map(lambda s, names: NamedSharding(mesh, logical_to_spec(tuple(names), s.shape, mesh, rules)),
                         shapes, logical, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = RULES):
+    """While tracing inside this context, `constrain` pins activations to the mesh by their logical axes."""
+    previous = getattr(_ACTIVE, "value", None)
+    _ACTIVE.value = (mesh, rules)
+    try:
+        yield
+    finally:
+        _ACTIVE.value = previous
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint from logical axis names; a no-op outside `activation_sharding`."""
+    active = getattr(_ACTIVE, "value", None)
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules)))
+
+
+def global_max(value: int) -> int:
+    """The largest `value` over all processes (shapes every host must agree on)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+
+
+def check_batch_layout(mesh: Mesh) -> None:
+    """Each process must own its own block of batch rows (make_array_from_process_local_data assumes it)."""
+    if jax.process_count() == 1:
+        return
+    rows = batch_size_multiple(mesh)
+    local = {idx[0].indices(rows)[:2] for idx in batch_sharding(mesh, 1).addressable_devices_indices_map(
+        (rows,)).values()}
+    owned = sum(stop - start for start, stop in local)
+    if rows % jax.process_count() or owned != rows // jax.process_count():
+        raise ValueError(f"mesh {dict(mesh.shape)}: the batch axes (data x fsdp = {rows}) must split into one block "
+                         f"of rows per process ({jax.process_count()} processes); put the tensor axis within hosts")
 
 
 def batch_size_multiple(mesh: Mesh) -> int:

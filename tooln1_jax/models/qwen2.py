@@ -26,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1_jax.parallel import constrain
+
 Params = Any
+HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
 
 
@@ -228,9 +231,11 @@ class Attention(nn.Module):
                                    kernel_init=_init(c, ("embed", axis_name, "head_dim")),
                                    bias_init=_zeros((axis_name, "head_dim")), name=name)(x)
 
-        q = apply_rope(proj("q_proj", h, "heads"), cos, sin)  # [B, T, H, D]
-        k = apply_rope(proj("k_proj", kv, "kv_heads"), cos, sin)  # [B, T, KV, D]
-        v = proj("v_proj", kv, "kv_heads")
+        heads_axes = ("batch", "length", "act_heads", "head_dim")
+        kv_axes = ("batch", "length", "act_kv_heads", "head_dim")
+        q = constrain(apply_rope(proj("q_proj", h, "heads"), cos, sin), heads_axes)  # [B, T, H, D]
+        k = constrain(apply_rope(proj("k_proj", kv, "kv_heads"), cos, sin), kv_axes)  # [B, T, KV, D]
+        v = constrain(proj("v_proj", kv, "kv_heads"), kv_axes)
         if cache_kv is not None:  # write the new keys/values at their slots, then attend over all slots
             cache_k, cache_v = cache_kv
             at = (layer, 0, write_index, 0, 0)
@@ -245,7 +250,7 @@ class Attention(nn.Module):
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+        out = constrain(jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d), heads_axes)
         out = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
                               param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
                               name="o_proj")(out)
@@ -263,8 +268,9 @@ class MLP(nn.Module):
             return nn.Dense(features, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
                             kernel_init=_init(c, axes), name=name)(inp)
 
-        gate = dense("gate_proj", c.intermediate_size, ("embed", "mlp"), x)
-        up = dense("up_proj", c.intermediate_size, ("embed", "mlp"), x)
+        mlp_axes = ("batch", "length", "act_mlp")
+        gate = constrain(dense("gate_proj", c.intermediate_size, ("embed", "mlp"), x), mlp_axes)
+        up = constrain(dense("up_proj", c.intermediate_size, ("embed", "mlp"), x), mlp_axes)
         return dense("down_proj", c.hidden_size, ("mlp", "embed"), nn.silu(gate) * up)
 
 
@@ -278,8 +284,9 @@ class DecoderLayer(nn.Module):
         x, cache_kv = carry
         attn_out, cache_kv = Attention(self.config, name="self_attn")(
             RMSNorm(self.config, name="input_layernorm")(x), cos, sin, mask, layer, cache_kv, write_index)
-        x = x + attn_out
-        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
+        x = constrain(x + attn_out, HIDDEN)
+        mlp_out = MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
+        x = constrain(x + mlp_out, HIDDEN)
         return (x, cache_kv), None
 
 
@@ -293,7 +300,7 @@ class Qwen2Model(nn.Module):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_init(c, ("vocab", "embed")), name="embed_tokens")
-        x = embed(tokens)
+        x = constrain(embed(tokens), HIDDEN)
         b, t = tokens.shape
         if cache is None:
             write_index, valid, cache_kv = 0, attention_mask, None
@@ -366,8 +373,9 @@ def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Ar
         w = params["model"]["embed_tokens"]["embedding"].T  # [E, V]
     else:
         w = params["lm_head"]["kernel"]
-    return jnp.einsum("...e,ev->...v", hidden.astype(config.dtype), w.astype(config.dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...e,ev->...v", hidden.astype(config.dtype), w.astype(config.dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("act_vocab",))
 
 
 def forward(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,

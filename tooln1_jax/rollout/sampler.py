@@ -120,20 +120,24 @@ def _cache_shardings(config: Qwen2Config, mesh: Mesh, batch: int, slots: int) ->
                    valid=spec(qwen2.CACHE_LOGICAL_AXES.valid, (batch, slots)), index=parallel.replicated(mesh))
 
 
-def _prefill(config: Qwen2Config, num_samples: int, slots: int, params, tokens, mask):
-    """Run the [P, T] left-padded prompts once; return last-position logits and the cache, each repeated G times."""
+def _prefill(config: Qwen2Config, num_samples: int, slots: int, mesh: Mesh, params, tokens, mask):
+    """Run the [P, T] left-padded prompts once; return last-position logits and the cache, each repeated G times.
+    The prompt attends over its T slots only; the cache is then widened to `slots` for decoding."""
     STATS["compiles"] += 1
-    batch = tokens.shape[0]
-    cache = qwen2.init_cache(config, batch, slots)
-    hidden, cache = qwen2.hidden_states(config, params, tokens, attention_mask=mask, cache=cache)
-    logits = qwen2.apply_head(config, params, hidden[:, -1:])[:, 0]  # [P, V]: left padding ends every row there
-    repeat = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
-    cache = KVCache(k=jnp.repeat(cache.k, num_samples, axis=1), v=jnp.repeat(cache.v, num_samples, axis=1),
-                    valid=repeat(cache.valid), index=cache.index)
+    batch, width = tokens.shape
+    with parallel.activation_sharding(mesh):
+        cache = qwen2.init_cache(config, batch, width)
+        hidden, cache = qwen2.hidden_states(config, params, tokens, attention_mask=mask, cache=cache)
+        logits = qwen2.apply_head(config, params, hidden[:, -1])  # [P, V]: left padding ends every row there
+    extra = slots - width
+    widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0)))  # noqa: E731
+    repeat = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
+    cache = KVCache(k=repeat(widen(cache.k), 1), v=repeat(widen(cache.v), 1),
+                    valid=repeat(jnp.pad(cache.valid, ((0, 0), (0, extra)))), index=cache.index)
     return repeat(logits), cache
 
 
-def _decode(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], budget: int,
+def _decode(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], budget: int, mesh: Mesh,
             params, cache: KVCache, logits, positions, row_ids, max_new, rng):
     """Sample until every row has stopped or `max_new` (<= budget) tokens; one while_loop, no host round trips.
     Row r draws from fold_in(fold_in(rng, step), row_ids[r])."""
@@ -154,9 +158,10 @@ def _decode(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], 
         logprobs = logprobs.at[:, step].set(jnp.where(live, logp, 0.0))
         lengths = lengths + live.astype(jnp.int32)
         done = done | (live & jnp.isin(token, stops)) | (step + 1 >= max_new)
-        hidden, cache = qwen2.hidden_states(config, params, token[:, None], positions=positions[:, None],
-                                            attention_mask=jnp.ones((rows, 1), bool), cache=cache)
-        logits = qwen2.apply_head(config, params, hidden[:, 0])
+        with parallel.activation_sharding(mesh):
+            hidden, cache = qwen2.hidden_states(config, params, token[:, None], positions=positions[:, None],
+                                                attention_mask=jnp.ones((rows, 1), bool), cache=cache)
+            logits = qwen2.apply_head(config, params, hidden[:, 0])
         return step + 1, cache, logits, positions + 1, done, tokens, logprobs, lengths
 
     state = (jnp.int32(0), cache, logits, positions, jnp.zeros(rows, bool), jnp.zeros((rows, budget), jnp.int32),
@@ -174,14 +179,14 @@ def _programs(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...]
               prompts: int, prompt_len: int, budget: int, mesh: Mesh, param_treedef, param_sharding_leaves):
     """The jitted prefill and decode programs for one bucket, with every input/output sharding declared."""
     param_shardings = jax.tree.unflatten(param_treedef, param_sharding_leaves)
-    rows, slots = prompts * num_samples, prompt_len + budget
+    rows, slots = prompts * num_samples * jax.process_count(), prompt_len + budget  # global rows
     batch2 = parallel.batch_sharding(mesh, 2)
     batch1 = parallel.batch_sharding(mesh, 1)
     cache_sh = _cache_shardings(config, mesh, rows, slots)
     replicated = parallel.replicated(mesh)
-    prefill = jax.jit(functools.partial(_prefill, config, num_samples, slots),
+    prefill = jax.jit(functools.partial(_prefill, config, num_samples, slots, mesh),
                       in_shardings=(param_shardings, batch2, batch2), out_shardings=(batch2, cache_sh))
-    decode = jax.jit(functools.partial(_decode, config, sampling, stop_ids, budget),
+    decode = jax.jit(functools.partial(_decode, config, sampling, stop_ids, budget, mesh),
                      in_shardings=(param_shardings, cache_sh, batch2, batch1, batch1, replicated, replicated),
                      out_shardings=(batch2, batch2, batch1, batch1, cache_sh, batch2), donate_argnums=(1, 2))
     return prefill, decode
@@ -231,14 +236,15 @@ def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, n
             raise ValueError(f"prompt {i} is empty")
         if min(p) < 0 or max(p) >= config.vocab_size:
             raise ValueError(f"prompt {i} has token ids outside [0, {config.vocab_size})")
-    longest = max(map(len, prompts))
+    longest = parallel.global_max(max(map(len, prompts)))  # every host must build the same shapes
     capacity = max_cache_len or config.max_position_embeddings
     if longest + max_new_tokens > capacity:
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the cache "
                          f"capacity of {capacity} positions")
     mesh = mesh or _mesh_of(params)
+    parallel.check_batch_layout(mesh)
     multiple = parallel.batch_size_multiple(mesh) // jax.process_count() or 1
-    n_prompts = -(-bucket(len(prompts)) // multiple) * multiple
+    n_prompts = -(-bucket(parallel.global_max(len(prompts))) // multiple) * multiple
     prompt_len, budget = bucket(longest, 16), bucket(max_new_tokens, 16)
 
     tokens = np.zeros((n_prompts, prompt_len), np.int32)

@@ -21,30 +21,35 @@ from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import checkpoint
 from tooln1_jax.train.metrics import MetricsLogger, plot
+from tooln1_jax.train.sequences import Packed, pack
 from tooln1_jax.train.step import StepFunctions, make_optimizer
 
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: RunConfig, mesh) -> tuple[Qwen2Config, dict]:
-    """Load the configured weights, or initialise the configured shape, straight onto the mesh."""
+def build_config(cfg: RunConfig) -> Qwen2Config:
+    """The model config alone (reads only config.json or the GGUF header), to check things before loading."""
     m = cfg.model
-    dtype = None if m.dtype == "auto" else m.dtype
+    runtime = {"dtype": weights.default_dtype() if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
+               "remat": m.remat}
     if m.path:
-        config, params = weights.load(m.path, mesh=mesh, dtype=dtype, param_dtype=m.param_dtype)
-        return config.replace(remat=m.remat), params
-    runtime = {"dtype": dtype or weights.default_dtype(), "param_dtype": m.param_dtype, "remat": m.remat}
+        source = weights.open_source(m.path)
+        return Qwen2Config.from_hf(source.hf_config, source=str(getattr(source, "hf_config_path", m.path)), **runtime)
     if m.preset:
-        config = presets.preset(m.preset, **runtime)
-    else:
-        config = Qwen2Config(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                             num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-                             num_key_value_heads=m.num_kv_heads, tie_word_embeddings=m.tie_word_embeddings,
-                             **runtime)
+        return presets.preset(m.preset, **runtime)
+    return Qwen2Config(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                       num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                       num_key_value_heads=m.num_kv_heads, tie_word_embeddings=m.tie_word_embeddings, **runtime)
+
+
+def build_params(cfg: RunConfig, config: Qwen2Config, mesh):
+    """Load the configured weights, or initialise the configured shape, straight onto the mesh."""
+    if cfg.model.path:
+        return weights.load_params(config, weights.open_source(cfg.model.path), mesh)
     shapes, logical = qwen2.abstract_params(config)
     shardings = parallel.shardings(shapes, logical, mesh)
     init = jax.jit(lambda key: qwen2.init_params(config, key), out_shardings=shardings)
-    return config, init(jax.random.key(m.init_seed))
+    return init(jax.random.key(cfg.model.init_seed))
 
 
 def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[str], list[list[int]]]:
@@ -78,6 +83,7 @@ class TrainingRun:
         t = cfg.train
         parallel.initialize(cfg.mesh.coordinator_address, cfg.mesh.num_processes, cfg.mesh.process_id)
         self.mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
+        parallel.check_batch_layout(self.mesh)
         self.check_batch_fits_mesh()
         self.is_main = jax.process_index() == 0
         self.tokenizer = tokenizer or assets.load_tokenizer(cfg.data.tokenizer or cfg.model.path)
@@ -101,10 +107,11 @@ class TrainingRun:
         if not resume and self.checkpoints.latest_step() is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
                                   "or choose another --run-dir")
-        self.model_config, self.params = build_model(cfg, self.mesh)
+        self.model_config = build_config(cfg)
         if latest is not None:  # before any long work: is this checkpoint ours?
             checkpoint.check_compatible(self.checkpoints.meta(latest)["model"], self.model_config,
                                         str(self.checkpoints.directory / str(latest)))
+        self.params = build_params(cfg, self.model_config, self.mesh)
         self.optimizer = make_optimizer(cfg.optim, self.total_updates())
         self.steps = StepFunctions(self.model_config, self.optimizer, self.mesh, self.params)
         self.opt_state = self.steps.init_opt_state(self.params)
@@ -166,6 +173,11 @@ class TrainingRun:
     def save(self):
         self.checkpoints.save(self.step, self.params, self.opt_state, self.meta())
 
+    def pack(self, prompts, replies) -> Packed:
+        """`sequences.pack` with widths every host agrees on (bucketed maxima over all hosts)."""
+        return pack(prompts, replies, prompt_width=sampler.bucket(parallel.global_max(max(map(len, prompts))), 16),
+                    reply_width=sampler.bucket(parallel.global_max(max(1, max(map(len, replies)))), 16))
+
     def global_batch(self, local: np.ndarray) -> jax.Array:
         """A batch-sharded global array from this host's rows."""
         return jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, local.ndim), local)
@@ -180,15 +192,19 @@ class TrainingRun:
 
     # -- validation and the loop -------------------------------------------------------------------------------
     def validate(self) -> dict:
-        """Greedy replies on held-out records: mean binary reward, exact-match and format rates."""
-        records = self.eval_records[: self.cfg.train.eval_size]
-        if not records:
+        """Greedy replies on held-out records (each host its share): mean binary reward, exact-match and format
+        rates."""
+        hosts = jax.process_count()
+        per_host = min(self.cfg.train.eval_size, len(self.eval_records)) // hosts
+        if not per_host:
             return {}
+        records = self.eval_records[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
         out = sampler.generate(self.model_config, self.params, [r["prompt_ids"] for r in records],
                                max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
                                stop_ids=self.stop_ids, mesh=self.mesh)
         replies, _ = decode_replies(self.tokenizer, out, self.stop_ids)
         scores = np.array([score_reply(reply, rec["answer"]) for reply, rec in zip(replies, records)], np.float32)
+        scores = self.all_rows(scores)
         return {"val/reward": float(scores[:, 0].mean()), "val/exact_match": float(scores[:, 1].mean()),
                 "val/format_ok": float(scores[:, 2].mean())}
 

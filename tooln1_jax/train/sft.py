@@ -13,7 +13,6 @@ import time
 import numpy as np
 
 from tooln1_jax.train.run import StepResult, TrainingRun
-from tooln1_jax.train.sequences import pack
 
 log = logging.getLogger(__name__)
 IM_END = 151645
@@ -53,7 +52,7 @@ class SFTTrainer(TrainingRun):
     def train_step(self) -> StepResult:
         records = next(self.loader)
         start = time.perf_counter()
-        packed = pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
+        packed = self.pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
         batch = {"tokens": packed.tokens, "attention_mask": packed.attention_mask,
                  "response_mask": packed.response_mask}
         batch = {k: self.global_batch(v) for k, v in batch.items()}

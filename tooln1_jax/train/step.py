@@ -51,7 +51,8 @@ def _accumulate(loss_fn, params, batch: dict, micro: int, mesh: Mesh):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def body(grads, mb):
-        (_, metrics), g = grad_fn(params, mb)
+        with parallel.activation_sharding(mesh):  # batch over (data, fsdp): FSDP gathers weights, not activations
+            (_, metrics), g = grad_fn(params, mb)
         return jax.tree.map(jnp.add, grads, g), metrics
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
@@ -86,7 +87,7 @@ class GRPOSettings:
 def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, prompt_width: int,
                  params, opt_state, batch: dict):
     g = settings.grpo
-    den = grpo.loss_denominator(batch["response_mask"], g.loss_agg)
+    den = jnp.maximum(grpo.loss_denominator(batch["response_mask"], g.loss_agg), 1.0)
     with_entropy = g.entropy_coef != 0.0
 
     def loss_fn(p, mb):
@@ -127,8 +128,9 @@ def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, promp
               mesh: Mesh, params, tokens, attention_mask):
     """Reply log-probs (and entropies) [N, R], computed `micro` sequences at a time (bounded activations)."""
     def one(t, m):
-        return response_logprobs(config, params, t, m, prompt_width, temperature=temperature,
-                                 with_entropy=with_entropy)
+        with parallel.activation_sharding(mesh):
+            return response_logprobs(config, params, t, m, prompt_width, temperature=temperature,
+                                     with_entropy=with_entropy)
 
     rows = tokens.shape[0]
     if rows <= micro:
@@ -149,6 +151,7 @@ class StepFunctions:
         abstract_state = jax.eval_shape(optimizer.init, params)
         self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, self.param_shardings,
                                                    transform_non_params=lambda _: parallel.replicated(mesh))
+        self._programs: dict = {}  # one jitted function per static setting (jit then compiles per shape)
 
     def init_opt_state(self, params):
         return jax.jit(self.optimizer.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(
@@ -157,19 +160,27 @@ class StepFunctions:
     def _batch_shardings(self, batch: dict):
         return {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
 
-    @functools.lru_cache(maxsize=16)
     def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int, micro: int):
-        rows2 = parallel.batch_sharding(self.mesh, 2)
-        fn = functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width, micro, self.mesh)
-        return jax.jit(fn, in_shardings=(self.param_shardings, rows2, rows2), out_shardings=(rows2, rows2))
+        key = ("logprobs", temperature, with_entropy, prompt_width, micro)
+        if key not in self._programs:
+            rows2 = parallel.batch_sharding(self.mesh, 2)
+            fn = functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width, micro, self.mesh)
+            self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, rows2, rows2),
+                                          out_shardings=(rows2, rows2))
+        return self._programs[key]
 
     def logprobs(self, params, tokens, attention_mask, prompt_width: int, *, micro_batch_size: int,
                  temperature: float = 1.0, with_entropy: bool = False):
         program = self._logprob_program(float(temperature), with_entropy, prompt_width, micro_batch_size)
         return program(params, tokens, attention_mask)
 
-    @functools.lru_cache(maxsize=16)
     def _update_program(self, kind: str, settings, prompt_width: int, batch_keys: tuple):
+        key = (kind, settings, prompt_width, batch_keys)
+        if key not in self._programs:
+            self._programs[key] = self._build_update(kind, settings, prompt_width, batch_keys)
+        return self._programs[key]
+
+    def _build_update(self, kind: str, settings, prompt_width: int, batch_keys: tuple):
         if kind == "grpo":
             fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, prompt_width)
         else:

@@ -16,7 +16,6 @@ import numpy as np
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import grpo
 from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies, score_reply
-from tooln1_jax.train.sequences import pack
 from tooln1_jax.train.step import GRPOSettings
 
 # reward_fn(records, replies, reply_token_ids) -> (rewards [N], extra per-row metrics {name: [N]})
@@ -84,7 +83,7 @@ class GRPOTrainer(TrainingRun):
         """G samples per prompt, `rollout.prompts_per_call` prompts per sampler call (bounds the KV cache); a
         prompt's samples depend only on the step and its position in the global batch."""
         r = self.cfg.rollout
-        chunk = r.prompts_per_call // jax.process_count() or len(records)
+        chunk = max(1, r.prompts_per_call // jax.process_count()) if r.prompts_per_call else len(records)
         parts = [sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records[i:i + chunk]],
                                   num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
@@ -97,14 +96,15 @@ class GRPOTrainer(TrainingRun):
         g = self.cfg.rollout.num_generations
         return np.asarray(grpo.group_advantages(jnp.asarray(rewards), g, scale_by_std=self.cfg.grpo.scale_rewards))
 
-    def minibatches(self, records, reply_ids, advantages) -> tuple[list[dict], int]:
+    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
         """One device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
-        computed before the first update: "old" is the policy that sampled."""
+        computed before the first update: "old" is the policy that sampled. The replies keep their stop token:
+        ending the reply is an action the policy learns too."""
         g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
-        packed = pack([records[i // g]["prompt_ids"] for i in range(len(reply_ids))], reply_ids)
+        packed = self.pack([records[i // g]["prompt_ids"] for i in range(len(generated_ids))], generated_ids)
         rows = self.sequences_per_update() // jax.process_count()
         batches = []
-        for start in range(0, len(reply_ids), rows):
+        for start in range(0, len(generated_ids), rows):
             sl = slice(start, start + rows)
             batch = {"tokens": packed.tokens[sl], "attention_mask": packed.attention_mask[sl],
                      "response_mask": packed.response_mask[sl], "advantages": advantages[sl].astype(np.float32)}
@@ -140,7 +140,8 @@ class GRPOTrainer(TrainingRun):
         row_records = [records[i // g] for i in range(len(replies))]
         rewards, extra = self.reward_fn(row_records, replies, reply_ids)
         start = time.perf_counter()
-        batches, prompt_width = self.minibatches(records, reply_ids, self.advantages(rewards))
+        generated = sampler.reply_ids(rollout, stop_ids=())  # with the stop token
+        batches, prompt_width = self.minibatches(records, generated, self.advantages(rewards))
         update_metrics = self.update(batches, prompt_width)
         update_seconds = time.perf_counter() - start
         self.step += 1
