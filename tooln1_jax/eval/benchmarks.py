@@ -182,10 +182,9 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
                 batch = order[start:start + batch_size]
                 rollout = sampler.generate(config, params, [ids[i] for i in batch], num_samples=1,
                                            max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=stop_ids)
-                for row, i in enumerate(batch):
-                    tokens = [int(t) for t in rollout.tokens[row][:int(rollout.lengths[row])]]
-                    cut = next((k for k, t in enumerate(tokens) if t in stop_ids), len(tokens))
-                    out[i] = tokenizer.decode(tokens[:cut])
+                texts = tokenizer.batch_decode(sampler.reply_ids(rollout, stop_ids), skip_special_tokens=False)
+                for i, text in zip(batch, texts):
+                    out[i] = text
                 bar.update(len(batch))
         return out
 
