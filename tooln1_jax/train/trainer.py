@@ -166,7 +166,8 @@ class GRPOTrainer(TrainingRun):
                         "time/rollout_s": rollout_seconds, "time/update_s": update_seconds,
                         "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
-                        "epoch": self.loader.epoch, "updates": len(update_metrics)})
+                        "epoch": self.loader.epoch, "updates": len(update_metrics),
+                        "sampler_compiles": sampler.STATS["compiles"]})
         return metrics
 
     def close(self):
