@@ -42,6 +42,7 @@ def test_grpo_learns_a_dense_synthetic_reward(tmp_path):
     assert rewards[-4:].mean() > rewards[0] + 0.3, rewards
     assert all(np.isfinite(m["loss"]) for m in history)
     assert history[0]["updates"] == 2  # batch 8 / mini-batch 4
+    assert history[-1]["sampler_compiles"] == history[0]["sampler_compiles"]  # one bucket: compiled once
 
 
 def test_a_single_update_per_step_is_on_policy(tmp_path):
