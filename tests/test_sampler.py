@@ -219,3 +219,19 @@ def test_prompt_seeds_make_samples_independent_of_the_batch_layout(loaded):
     assert (c.tokens[:3] != a.tokens[:3]).any() and (c.tokens[3:6] == a.tokens[3:6]).all()
     with pytest.raises(ValueError, match="prompt_seeds has 1 entries for 2 prompts"):
         sampler.generate(config, params, [PROMPTS[0], PROMPTS[1]], prompt_seeds=[1], **kwargs)
+
+
+def test_long_prompts_prefill_in_chunks_like_a_full_forward(loaded):
+    """Prompts longer than one prefill chunk go through the cache chunk by chunk; the result is unchanged."""
+    config, params = loaded
+    config = config.replace(max_position_embeddings=4096)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, config.vocab_size, 1300).tolist(), rng.integers(0, config.vocab_size, 700).tolist()]
+    assert max(map(len, prompts)) > sampler.PREFILL_CHUNK
+    rollout = sampler.generate(config, params, prompts, max_new_tokens=6, temperature=0.0, stop_ids=())
+    for row, prompt in enumerate(prompts):
+        full = _full_forward_logits(config, params, prompt, rollout.tokens[row])
+        np.testing.assert_array_equal(full.argmax(-1), rollout.tokens[row])
+        logp = full - np.log(np.exp(full - full.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - full.max(-1, keepdims=True)
+        np.testing.assert_allclose(rollout.logprobs[row], logp[np.arange(6), rollout.tokens[row]], atol=2e-4)

@@ -120,15 +120,26 @@ def _cache_shardings(config: Qwen2Config, mesh: Mesh, batch: int, slots: int) ->
                    valid=spec(qwen2.CACHE_LOGICAL_AXES.valid, (batch, slots)), index=parallel.replicated(mesh))
 
 
+PREFILL_CHUNK = 512  # prompt tokens per prefill pass: attention scores stay [P, heads, 512, T]
+
+
 def _prefill(config: Qwen2Config, num_samples: int, slots: int, mesh: Mesh, params, tokens, mask):
     """Run the [P, T] left-padded prompts once; return last-position logits and the cache, each repeated G times.
-    The prompt attends over its T slots only; the cache is then widened to `slots` for decoding."""
+    Long prompts go through the cache in chunks of PREFILL_CHUNK tokens, attending over their T slots only; the
+    cache is then widened to `slots` for decoding."""
     STATS["compiles"] += 1
     batch, width = tokens.shape
+    chunk = min(width, PREFILL_CHUNK)
+
+    def step(cache, chunk_inputs):
+        chunk_tokens, chunk_mask = chunk_inputs
+        hidden, cache = qwen2.hidden_states(config, params, chunk_tokens, attention_mask=chunk_mask, cache=cache)
+        return cache, hidden[:, -1]
+
     with parallel.activation_sharding(mesh):
-        cache = qwen2.init_cache(config, batch, width)
-        hidden, cache = qwen2.hidden_states(config, params, tokens, attention_mask=mask, cache=cache)
-        logits = qwen2.apply_head(config, params, hidden[:, -1])  # [P, V]: left padding ends every row there
+        split = lambda x: x.reshape(batch, width // chunk, chunk).swapaxes(0, 1)  # noqa: E731  [chunks, P, C]
+        cache, last = jax.lax.scan(step, qwen2.init_cache(config, batch, width), (split(tokens), split(mask)))
+        logits = qwen2.apply_head(config, params, last[-1])  # [P, V]: left padding ends every row there
     extra = slots - width
     widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0)))  # noqa: E731
     repeat = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
