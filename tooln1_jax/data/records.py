@@ -205,6 +205,15 @@ def normalize_calls(calls) -> list[dict] | None:
     return None if any(c is None for c in normalized) else normalized
 
 
+def decode_calls(value) -> tuple[list[dict] | None, str | None]:
+    """(calls, None) from a JSON-text (or already decoded) list or object of calls, else (None, drop reason)."""
+    decoded = _decode_json_field(value, want=(list, dict))
+    if decoded is None:
+        return None, ANSWER_NOT_JSON
+    calls = normalize_calls(decoded)
+    return (calls, None) if calls is not None else (None, BAD_CALL)
+
+
 def answer_problem(answer: list, tools: list) -> str | None:
     """Why an (already normalised) answer cannot be used with these tools, or None."""
     names = {t["name"] for t in tools}
@@ -297,9 +306,7 @@ def from_xlam(rows: Iterable) -> Converted:
             tools = _decode_json_field(row["tools"], want=list)
             problem = TOOLS_NOT_JSON if tools is None else _tools_problem(tools)
         if problem is None:
-            decoded = _decode_json_field(row["answers"], want=(list, dict))
-            answer = normalize_calls(decoded)
-            problem = ANSWER_NOT_JSON if decoded is None else (BAD_CALL if answer is None else None)
+            answer, problem = decode_calls(row["answers"])
         problem = problem or answer_problem(answer, tools)
         if problem:
             out.dropped[problem] += 1
@@ -405,11 +412,8 @@ def from_toolace(rows: Iterable) -> Converted:
 def _sharegpt_call(value: str, role: str) -> tuple[list | None, str | None]:
     if role != "function_call":
         return None, None
-    decoded = _decode_json_field(value, want=(list, dict))
-    if decoded is None:
-        return None, ANSWER_NOT_JSON
-    calls = normalize_calls(decoded)
-    return (calls, None) if calls else (None, BAD_CALL)
+    calls, problem = decode_calls(value)
+    return (calls, None) if calls else (None, problem or BAD_CALL)  # an empty call list is no call
 
 
 def from_sharegpt(rows: Iterable) -> Converted:
@@ -482,9 +486,7 @@ def from_tooln1(rows: Iterable) -> Converted:
             problem = TOOLS_NOT_IN_SYSTEM if parts is None else _tools_problem(parts[1])
         if problem is None:
             truth = row["reward_model"].get("ground_truth") if isinstance(row["reward_model"], dict) else None
-            decoded = _decode_json_field(truth, want=(list, dict))
-            answer = normalize_calls(decoded)
-            problem = ANSWER_NOT_JSON if decoded is None else (BAD_CALL if answer is None else None)
+            answer, problem = decode_calls(truth)
         if problem is None:
             messages = _tooln1_history(prompt[1:])
             problem = (UNKNOWN_ROLE if messages is None else EMPTY_CONTEXT if not messages
@@ -513,12 +515,6 @@ def convert(kind: str, location: str, *, hub_loader: Callable[[str, str], list] 
     if kind not in CONVERTERS:
         raise DataError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
     return CONVERTERS[kind](read_rows(location, hub_loader=hub_loader))
-
-
-def format_counts(name: str, converted: Converted) -> str:
-    """One line per source: rows read, examples made, drops by reason."""
-    drops = ", ".join(f"{k}={v}" for k, v in sorted(converted.dropped.items())) or "none"
-    return f"{name}: {converted.rows} rows -> {len(converted.records)} examples; dropped: {drops}"
 
 
 # ---------------------------------------------------------------- prepared parquet (train.parquet / test.parquet)
@@ -562,11 +558,10 @@ def write_prepared(records: list[dict], path: str | Path, split: str) -> None:
 def read_prepared(path: str | Path) -> list[dict]:
     """Records back from a `write_prepared` parquet file (`prompt_ids` included when present)."""
     path = Path(path)
-    rows = _read_parquet(path) if path.is_file() else None
-    if rows is None:
+    if not path.is_file():
         raise DataError(f"{path}: no such file (expected a train.parquet / test.parquet from prepare-data)")
     records = []
-    for lineno, row in enumerate(rows):
+    for lineno, row in enumerate(_read_parquet(path)):
         missing = [k for k in ("id", "source", "system", *_JSON_COLUMNS) if k not in row]
         if missing:
             raise DataError(f"{path}: row {lineno}: missing column(s) {missing}; not a prepared file")

@@ -155,18 +155,6 @@ def build_prompts(examples: Sequence[Example], tokenizer, native_tools: bool = F
     return [prompts.render(e.record(), tokenizer, native_tools) for e in examples]
 
 
-def load_model(path: str | os.PathLike, dtype: str | None = None):
-    """(config, params) from an HF directory or .gguf file, or from a training run / checkpoint directory."""
-    p = Path(path)
-    if p.suffix == ".gguf" or (p.is_dir() and (p / "config.json").exists()) or not p.exists():
-        from tooln1_jax.models import weights
-
-        return weights.load(str(path), dtype=dtype)
-    from tooln1_jax.train import checkpoint  # a run or checkpoint directory
-
-    return checkpoint.load_model(str(path), dtype=dtype)
-
-
 def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, batch_size: int = 16) -> RepliesFn:
     """Greedy replies from the project's sampler, `batch_size` prompts at a time, with a progress bar."""
     from tooln1_jax.rollout import sampler
@@ -204,7 +192,9 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     if tokenizer is None:
         tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
     if isinstance(model, (str, os.PathLike)):
-        config, params = load_model(model, dtype)
+        from tooln1_jax.train import checkpoint  # HF dir, .gguf, hub id, run or checkpoint directory
+
+        config, params = checkpoint.load_model(model, dtype=dtype)
         replies_fn = model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens,
                                       batch_size=batch_size)
     else:

@@ -16,8 +16,6 @@ explicit per token, so left-padded, right-padded and cached batches all get the 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import flax
@@ -112,17 +110,6 @@ class Qwen2Config:
             initializer_range=float(hf.get("initializer_range", 0.02)),
             **runtime,
         )
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **runtime) -> "Qwen2Config":
-        try:
-            with open(path) as f:
-                hf = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"model config not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf(hf, source=str(path), **runtime)
 
     def to_hf(self) -> dict:
         """An HF `config.json` dict that transformers 4.x and 5.x read as the same Qwen2 model."""

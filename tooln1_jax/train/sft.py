@@ -15,7 +15,6 @@ import numpy as np
 from tooln1_jax.train.run import StepResult, TrainingRun
 
 log = logging.getLogger(__name__)
-IM_END = 151645
 
 
 def target_text(answer: list, think: str = "") -> str:
@@ -25,9 +24,6 @@ def target_text(answer: list, think: str = "") -> str:
 
 class SFTTrainer(TrainingRun):
     name = "sft"
-    progress_keys = ("loss",)
-    plot_keys = ("loss",)
-    plot_file = "loss.png"
 
     def sequences_per_update(self) -> int:
         return self.cfg.train.batch_size
@@ -38,9 +34,10 @@ class SFTTrainer(TrainingRun):
     def prepare_records(self, records: list[dict]) -> list[dict]:
         """Add `target_ids`; drop (and count) examples whose prompt + target exceed sft.max_seq_len."""
         limit, think = self.cfg.sft.max_seq_len, self.cfg.sft.think
+        im_end = self.stop_ids[0]
         texts = [target_text(r["answer"], think) for r in records]
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        kept = [{**r, "target_ids": list(ids) + [IM_END]} for r, ids in zip(records, encoded)
+        kept = [{**r, "target_ids": list(ids) + [im_end]} for r, ids in zip(records, encoded)
                 if len(r["prompt_ids"]) + len(ids) + 1 <= limit]
         if len(kept) < len(records):
             log.warning("sft: dropped %d of %d examples longer than sft.max_seq_len=%d", len(records) - len(kept),

@@ -157,9 +157,6 @@ class StepFunctions:
         return jax.jit(self.optimizer.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(
             params)
 
-    def _batch_shardings(self, batch: dict):
-        return {k: parallel.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
-
     def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int, micro: int):
         key = ("logprobs", temperature, with_entropy, prompt_width, micro)
         if key not in self._programs:
