@@ -50,6 +50,25 @@ def hf_logits(model, tokens, attention_mask=None, positions=None) -> np.ndarray:
         return model(**kwargs).logits.float().numpy()
 
 
+STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+
+
+def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int, str]:
+    """(reply without the stop token, tokens generated including it, finish reason) from transformers."""
+    import torch
+
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(STOP_IDS),
+                             pad_token_id=STOP_IDS[1])
+    new = out[0, len(ids):].tolist()
+    stop = next((k for k, t in enumerate(new) if t in STOP_IDS), None)
+    if stop is None:
+        return tokenizer.decode(new), len(new), "length"
+    return tokenizer.decode(new[:stop]), stop + 1, "stop"
+
+
 def assert_logits_close(ours, ref):
     """The foundation issue's tolerance: max |d| <= 1e-4 * max|logit| or 2e-4 absolute, at every position."""
     ours, ref = np.asarray(ours), np.asarray(ref)

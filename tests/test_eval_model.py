@@ -8,12 +8,12 @@ import json
 import pytest
 
 import eval_variants
+from conftest import hf_greedy
 from tooln1_jax import assets
 from tooln1_jax.cli import main as cli_main
 from tooln1_jax.data import prompts
 from tooln1_jax.eval import benchmarks, datasets
 
-STOP_IDS = (151645, 151643)
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +100,6 @@ def test_evaluate_passes_prompts_in_example_order_and_scores_each_reply(tokenize
     assert (tmp_path / "results.jsonl").exists() and (tmp_path / "summary.md").exists()
 
 
-def hf_greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    import torch
-
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(STOP_IDS),
-                             pad_token_id=STOP_IDS[1])
-    new = out[0, len(ids):].tolist()
-    cut = next((k for k, t in enumerate(new) if t in STOP_IDS), len(new))
-    return tokenizer.decode(new[:cut])
-
-
 def test_cli_model_eval_end_to_end_matches_transformers_greedy(tmp_path, tokenizer, capsys):
     model = eval_variants.make_tiny_qwen(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -123,7 +110,7 @@ def test_cli_model_eval_end_to_end_matches_transformers_greedy(tmp_path, tokeniz
     examples = datasets.load("bfcl", ["simple", "irrelevance"], limit=2)
     assert [r["id"] for r in rows] == [e.id for e in examples]
     for row, prompt in zip(rows, benchmarks.build_prompts(examples, tokenizer)):
-        assert row["reply"] == hf_greedy_reply(model, tokenizer, prompt, 6)
+        assert row["reply"] == hf_greedy(model, tokenizer, prompt, 6)[0]
         # whatever the random model says, the verdict is the checker's on that reply
         assert row["valid"] == benchmarks.score_reply(examples[rows.index(row)], row["reply"])["valid"]
     summary = json.loads((out / "summary.json").read_text())["bfcl"]

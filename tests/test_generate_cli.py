@@ -9,14 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_hf_model
+from conftest import STOP_IDS, hf_greedy, tiny_hf_model
 from tooln1_jax import assets
 from tooln1_jax.cli import main as cli_main
 from tooln1_jax.data import prompts
 from tooln1_jax import generate as generate_cli
 from tooln1_jax.rollout import sampler
 
-STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 TIME = {"name": "get_time", "description": "Local time in a city",
@@ -49,22 +48,6 @@ def write_jsonl(path, values) -> str:
 def run_cli(capsys, argv) -> list[dict]:
     assert cli_main(["generate", *argv]) == 0, capsys.readouterr().err
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-
-
-def hf_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, int, str]:
-    """(reply without the stop token, tokens generated including it, finish reason) from transformers."""
-    import torch
-
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(STOP_IDS),
-                             pad_token_id=STOP_IDS[1])
-    new = out[0, len(ids):].tolist()
-    stop = next((k for k, t in enumerate(new) if t in STOP_IDS), None)
-    if stop is None:
-        return tokenizer.decode(new), len(new), "length"
-    return tokenizer.decode(new[:stop]), stop + 1, "stop"
 
 
 # ---- end to end through the CLI -----------------------------------------------------------------------------------
