@@ -193,9 +193,7 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=2e-6")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str) and _looks_numeric(value):
-        value = float(value)  # YAML 1.1 reads "1e-6" (no dot) as a string
+    value = _numbers_from_strings(yaml.safe_load(raw)) if raw.strip() else None
     out: dict = {}
     node = out
     parts = key.strip().split(".")
