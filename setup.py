@@ -24,6 +24,10 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "jinja2>=3.1",  # transformers' apply_chat_template (the prompts); transformers does not require it
+        "pyarrow>=15",  # parquet records (data/records.py)
+        "ml_dtypes>=0.4",  # bfloat16 safetensors (models/safetensors_io.py)
+        "huggingface_hub>=0.30",  # hub ids as model.path (models/weights.py)
     ],
     extras_require={
         "dev": [
@@ -33,9 +37,14 @@ setup(
             "transformers>=4.51",
             "accelerate>=1.0",  # transformers needs it to read GGUF files (the real-weights parity test)
             "gguf>=0.16",
+            "tooln1-jax[notebook]",
+        ],
+        "notebook": [  # notebooks/eval.ipynb and the test that runs it
+            "pandas>=2.0",
+            "ipython>=8",
+            "ipykernel>=6.29",
             "nbclient>=0.10",
             "nbformat>=5.10",
-            "ipykernel>=6.29",
         ],
         "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16"],  # TF >= 2.20 no longer pulls tensorboard
     },
