@@ -108,6 +108,10 @@ class CheckpointConfig:
 class SFTConfig:
     max_seq_len: int = 2048  # prompt + target; longer examples are dropped and counted
     think: str = ""  # text put between <think></think> in the target (the data has no reasoning traces)
+    # GRPO runs only: supervised steps (train.batch_size records each) on the policy before the first rollout;
+    # the KL reference is the warm-started policy. 0 = none
+    warm_start_steps: int = 0
+    warm_start_lr: float = 3e-3  # their AdamW learning rate (the rest of `optim` as the run's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +270,13 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
     if r.prompts_per_call < 0:
         raise ConfigError(f"rollout.prompts_per_call must be >= 0 (0 = the whole batch), got {r.prompts_per_call}")
+    if config.sft.warm_start_steps < 0:
+        raise ConfigError(f"sft.warm_start_steps must be >= 0, got {config.sft.warm_start_steps}")
+    if config.sft.warm_start_steps and not config.sft.warm_start_lr > 0:
+        raise ConfigError(f"sft.warm_start_lr must be > 0, got {config.sft.warm_start_lr}")
+    if config.sft.warm_start_steps and t.batch_size % t.micro_batch_size:
+        raise ConfigError(f"the warm start's batches of train.batch_size {t.batch_size} records are not a multiple "
+                          f"of train.micro_batch_size {t.micro_batch_size}")
     if r.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0 for GRPO sampling, got {r.temperature}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),

@@ -1,15 +1,18 @@
-"""Training records from what a run config names: the shipped samples, a prepare-data directory, a parquet file
-of prepared records, or a raw source (KIND=PATH) converted on the fly. Every record comes back with `prompt_ids`."""
+"""Training records from what a run config names: the shipped samples, the shipped demo set, a prepare-data
+directory, a parquet file of prepared records, or a raw source (KIND=PATH) converted on the fly. Every record comes
+back with `prompt_ids`."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from tooln1_jax import assets
 from tooln1_jax.data import prepare, prompts, records
 
 log = logging.getLogger(__name__)
 SAMPLES = "samples"
+DEMO = "demo"  # the CPU demo's templated set (data/demo_set.py), already split into train and test
 
 
 def _convert_and_split(sources: dict[str, str], split: str, seed: int, test_fraction: float) -> list[dict]:
@@ -28,6 +31,8 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
     """Records of `split` ("train" or "test") from `spec`; a clear error when there are none."""
     if spec == SAMPLES:
         rows = _convert_and_split(prepare.shipped_samples(), split, seed, test_fraction)
+    elif spec == DEMO:
+        rows = records.read_rows(str(assets.path("demo", f"{split}.jsonl")))
     elif "=" in spec and spec.split("=", 1)[0] in records.SOURCES:
         kind, location = spec.split("=", 1)
         rows = _convert_and_split({kind: location}, split, seed, test_fraction)
@@ -36,7 +41,7 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
         if path.is_dir():
             path = path / f"{split}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', a prepare-data directory, "
+            raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', 'demo', a prepare-data directory, "
                                     "a .parquet file, or KIND=PATH with KIND in " + "|".join(records.SOURCES) + ")")
         rows = records.read_prepared(path)
     if not rows:

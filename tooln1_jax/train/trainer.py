@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import grpo
+from tooln1_jax.train import grpo, sft
 from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies, score_reply
 from tooln1_jax.train.step import GRPOSettings
 
@@ -53,6 +53,8 @@ class GRPOTrainer(TrainingRun):
     def __init__(self, cfg, *, reward_fn: RewardFn | None = None, **kwargs):
         self._reward_fn = reward_fn
         super().__init__(cfg, **kwargs)
+        if self.metrics is not None and self.step == 0:
+            self.log_warm_start()
 
     def sequences_per_update(self) -> int:
         return self.cfg.train.mini_batch_size * self.cfg.rollout.num_generations
@@ -73,10 +75,21 @@ class GRPOTrainer(TrainingRun):
 
     def setup(self):
         cfg = self.cfg
+        # the warm start runs again on --resume (deterministic): it rebuilds the KL reference; restore() then
+        # brings back the policy and optimizer of the checkpoint
+        self.warm_start_history = sft.warm_start(self) if cfg.sft.warm_start_steps else []
+        self.warm_start_val = self.validate() if self.warm_start_history and cfg.train.eval_every else {}
         self.ref_params = jax.tree.map(lambda x: x.copy(), self.params) if cfg.grpo.beta > 0 else None
         self.reward_fn = self._reward_fn or ToolCallReward(cfg.grpo.reward, cfg.train.reward_workers)
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
+
+    def log_warm_start(self):
+        """The warm start's steps as step-0 lines of metrics.jsonl (keys `warm_start/...`), its last line with the
+        greedy validation of the warm-started policy."""
+        for i, m in enumerate(self.warm_start_history, 1):
+            line = {"warm_start/step": i, **{f"warm_start/{k}": v for k, v in m.items()}}
+            self.metrics.log(0, {**line, **self.warm_start_val} if i == len(self.warm_start_history) else line)
 
     # -- the parts of a step -----------------------------------------------------------------------------------
     def rollout(self, records: list[dict], positions: list[int]) -> sampler.Rollout:
