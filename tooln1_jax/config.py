@@ -36,10 +36,10 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "samples" (the shipped sample set), a `tooln1 prepare-data` output directory or a .parquet file of
+    # "demo" (the shipped demo set), "samples" (the shipped sample set), a `tooln1 prepare-data` output directory or a .parquet file of
     # prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
-    train: str = "samples"
-    test: str | None = "samples"  # held-out records for validation (None: no validation)
+    train: str = "demo"
+    test: str | None = "demo"  # held-out records for validation (None: no validation)
     tokenizer: str | None = None  # default: the model directory's, else the shipped Qwen2.5 tokenizer
     max_prompt_tokens: int = 4096
     native_tools: bool = False  # the chat template's tools= branch instead of the Tool-N1 system prompt
@@ -50,8 +50,8 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     num_generations: int = 4  # G replies per prompt (reference: 5)
-    max_new_tokens: int = 48  # reply cap (reference: 8192)
-    temperature: float = 0.7
+    max_new_tokens: int = 32  # reply cap (reference: 8192)
+    temperature: float = 1.0  # (reference: 0.7)
     top_p: float = 1.0
     top_k: int = 0
     prompts_per_call: int = 0  # prompts per sampler call, all hosts together (bounds the KV cache); 0 = the batch
@@ -72,7 +72,7 @@ class GRPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-5
+    lr: float = 2e-3
     schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0
     weight_decay: float = 0.01
@@ -84,22 +84,22 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 4  # rollout steps (GRPO) or optimizer steps (SFT)
+    steps: int = 12  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
     micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
     seed: int = 0
     log_every: int = 1
     sample_every: int = 2  # log a few sample replies every N steps (0: never)
-    eval_every: int = 2  # greedy validation on held-out records every N steps (0: never)
-    eval_size: int = 8
+    eval_every: int = 6  # greedy validation on held-out records every N steps (0: never)
+    eval_size: int = 7
     reward_workers: int = 0  # processes scoring replies (0: in the training process)
     run_dir: str = "runs/demo"
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 2  # steps between checkpoints
+    every: int = 6  # steps between checkpoints
     keep: int = 2  # most recent checkpoints kept
     async_save: bool = True
 
@@ -110,8 +110,8 @@ class SFTConfig:
     think: str = ""  # text put between <think></think> in the target (the data has no reasoning traces)
     # GRPO runs only: supervised steps (train.batch_size records each) on the policy before the first rollout;
     # the KL reference is the warm-started policy. 0 = none
-    warm_start_steps: int = 0
-    warm_start_lr: float = 3e-3  # their AdamW learning rate (the rest of `optim` as the run's)
+    warm_start_steps: int = 50
+    warm_start_lr: float = 5e-3  # their AdamW learning rate (the rest of `optim` as the run's)
 
 
 @dataclasses.dataclass(frozen=True)

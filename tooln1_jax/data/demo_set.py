@@ -1,12 +1,16 @@
-"""The CPU demo's data: templated questions over four real one-argument tool schemas, whose call argument can be read
-off the question, so a tiny model can learn the task in minutes. `tooln1_jax/assets/demo/{train,test}.jsonl` are this
-module's output (unified records, docs/FORMATS.md §2); `python -m tooln1_jax.data.demo_set` writes them again.
+"""The CPU demo's data: requests for one tool call, phrased many ways, over real tool schemas.
+`tooln1_jax/assets/demo/{train,test}.jsonl` are this module's output (unified records, docs/FORMATS.md §2);
+`python -m tooln1_jax.data.demo_set` writes them again.
 
-The tool schemas are copied verbatim from the shipped glaive sample (assets/samples, Apache-2.0): each record
-offers two of them (the one its template calls and one other, in random order; two keep the Tool-N1 prompt near
-480 tokens, which bounds the demo's attention cost), and its answer is the one call its template makes. Test records are
-(template, values) combinations that no train record uses; their values and templates do occur in train, so the
-test set measures recall of a narrow pattern, not generalisation.
+Every question asks for a 12-character password, so every answer is the same call,
+`generate_random_password({"length": 12})`, and the value can be read off the question. Each record offers that
+tool and one other (in random order; two keep the Tool-N1 prompt under 512 tokens, which bounds the demo's
+attention cost). The tool schemas are copied verbatim from the shipped glaive sample (assets/samples, Apache-2.0).
+
+Why one answer: a randomly initialised 2-layer model does not learn to read a value off a 500-token prompt in the
+minutes the demo has (on a set of four tools with values to copy, the supervised loss left the answers' marginal
+distribution only after ~300 steps of 4 records; after 400, 1 of 21 held-out questions was answered right). The demo shows GRPO turning a half-learned reply format into a reliable exact
+call under the binary reward; it does not show tool selection or argument reading, let alone generalisation.
 """
 
 from __future__ import annotations
@@ -24,33 +28,12 @@ SOURCE = "tooln1-demo"
 SCHEMAS = (("sharegpt-65@5", "get_stock_price"), ("sharegpt-295@5", "get_news_headlines"),
            ("sharegpt-85@1", "find_nearest_park"), ("sharegpt-36@3", "generate_random_password"))
 
-COMPANIES = ("Apple", "Microsoft", "Google", "Amazon", "Tesla", "Netflix", "Nvidia", "Intel", "IBM", "Oracle",
-             "Adobe", "Samsung")
-COUNTRIES = ("France", "Japan", "Brazil", "Canada", "India", "Germany", "Italy", "Spain", "Mexico", "Kenya", "Egypt",
-             "Norway")
-CITIES = ("Paris", "London", "Berlin", "Tokyo", "Madrid", "Rome", "Chicago", "Boston", "Sydney", "Toronto", "Dubai",
-          "Seoul")
-LENGTHS = tuple(range(8, 21))
-
-# tool name -> (question templates, slot values as tuples of the argument values in schema order)
-TEMPLATES = {
-    "get_stock_price": (("What is the stock price of {company}?",
-                         "How much is {company} stock worth?",
-                         "Check the share price of {company}."),
-                        [(c,) for c in COMPANIES]),
-    "get_news_headlines": (("Show me the latest news from {country}.",
-                            "What is in the news in {country}?",
-                            "Get the top headlines for {country}."),
-                           [(c,) for c in COUNTRIES]),
-    "find_nearest_park": (("Find the nearest park in {location}.",
-                           "Is there a park near me? I am in {location}.",
-                           "Where is the closest park in {location}?"),
-                          [(c,) for c in CITIES]),
-    "generate_random_password": (("Generate a password of {length} characters.",
-                                  "I need a {length}-character password.",
-                                  "Make me a password of length {length}."),
-                                 [(n,) for n in LENGTHS]),
-}
+TOOL = "generate_random_password"
+ARGUMENTS = {"length": 12}
+OPENINGS = ("", "Please ", "Hi! ", "Could you ", "Quickly, ", "Hello, can you ", "I would like you to ", "Now ")
+REQUESTS = ("generate a password of 12 characters.", "make me a 12-character password.",
+            "create a random password that is 12 characters long.", "give me a new password with 12 characters.",
+            "generate a secure password of length 12.", "come up with a 12-character password for my account.")
 TEST_FRACTION = 0.15
 
 
@@ -64,26 +47,19 @@ def tool_schemas() -> list[dict]:
 def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train, test) records; the same seed gives the same records."""
     tools = tool_schemas()
+    (tool,) = [t for t in tools if t["name"] == TOOL]
     rng = random.Random(seed)
+    combos = [(o, r) for o in range(len(OPENINGS)) for r in range(len(REQUESTS))]
+    rng.shuffle(combos)
+    n_test = round(len(combos) * TEST_FRACTION)
     train, test = [], []
-    for tool in tools:
-        name = tool["name"]
-        templates, values = TEMPLATES[name]
-        keys = list(tool["parameters"]["properties"])
-        combos = [(t, v) for t in range(len(templates)) for v in values]
-        rng.shuffle(combos)
-        n_test = round(len(combos) * TEST_FRACTION)
-        for i, (t, v) in enumerate(combos):
-            arguments = dict(zip(keys, v))
-            question = templates[t].format(**arguments)
-            offered = [tool, rng.choice([other for other in tools if other is not tool])]
-            rng.shuffle(offered)
-            record = records.make_record(f"demo-{name}-{t}-{'-'.join(map(str, v))}", SOURCE, None, offered,
-                                         [{"role": "user", "content": question}],
-                                         [{"name": name, "arguments": arguments}])
-            (test if i < n_test else train).append(record)
-    rng.shuffle(train)
-    rng.shuffle(test)
+    for i, (o, r) in enumerate(combos):
+        question = OPENINGS[o] + (REQUESTS[r][0].upper() + REQUESTS[r][1:] if not OPENINGS[o] else REQUESTS[r])
+        offered = [tool, rng.choice([other for other in tools if other is not tool])]
+        rng.shuffle(offered)
+        record = records.make_record(f"demo-{o}-{r}", SOURCE, None, offered, [{"role": "user", "content": question}],
+                                     [{"name": TOOL, "arguments": dict(ARGUMENTS)}])
+        (test if i < n_test else train).append(record)
     return train, test
 
 

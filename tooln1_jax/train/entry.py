@@ -30,4 +30,7 @@ def run(command: str, *, config_path: str | None = None, overrides: list[str] = 
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()
              if k.startswith(("reward/", "val/", "loss", "kl"))}
     print(f"done: {cfg.train.run_dir} (step {trainer.step}); last metrics {shown}")
+    rewards = [m["reward/mean"] for m in history if "reward/mean" in m]
+    if rewards:
+        print("reward/mean per step: " + " ".join(f"{r:.3f}" for r in rewards))
     return trainer
