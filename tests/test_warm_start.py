@@ -69,6 +69,7 @@ def test_the_warm_start_is_the_sft_run_and_becomes_the_kl_reference(tmp_path):
     assert [m["step"] for m in lines if m["step"] > 0] == [1]
 
 
+@pytest.mark.slow  # three runs, each compiling its own programs
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
     full = _grpo(tmp_path / "full", "train.steps=3")
     full_history = full.run(progress=False)
