@@ -84,14 +84,14 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 16  # rollout steps (GRPO) or optimizer steps (SFT)
+    steps: int = 10  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
     micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
     seed: int = 0
     log_every: int = 1
     sample_every: int = 2  # log a few sample replies every N steps (0: never)
-    eval_every: int = 8  # greedy validation on held-out records every N steps (0: never)
+    eval_every: int = 5  # greedy validation on held-out records every N steps (0: never)
     eval_size: int = 7
     reward_workers: int = 0  # processes scoring replies (0: in the training process)
     run_dir: str = "runs/demo"
@@ -99,7 +99,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 8  # steps between checkpoints
+    every: int = 5  # steps between checkpoints
     keep: int = 2  # most recent checkpoints kept
     async_save: bool = True
 
