@@ -26,7 +26,7 @@ TINY = [
     "rollout.num_generations=4", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
     "train.batch_size=8", "train.mini_batch_size=4", "train.micro_batch_size=8", "train.eval_every=0",
     "train.sample_every=0", "optim.lr=0.01", "grpo.beta=0.001", "checkpoint.every=1", "checkpoint.keep=20",
-    "checkpoint.async_save=false",
+    "checkpoint.async_save=false", "sft.warm_start_steps=0",  # GRPO from the initial policy (the demo warms up)
 ]
 
 
