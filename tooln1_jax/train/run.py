@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax import assets, parallel
-from tooln1_jax.config import RunConfig, dump
+from tooln1_jax.config import RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
 from tooln1_jax.models import presets, qwen2, weights
@@ -78,6 +78,7 @@ class TrainingRun:
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
+        validate(cfg)  # ranges and cross-field rules, also for configs built in code
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.run_dir)
         t = cfg.train
