@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 
 from tooln1_jax import config as config_lib
+from tooln1_jax.train import preemption
 
 
 def run(command: str, *, config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
@@ -26,6 +28,10 @@ def run(command: str, *, config_path: str | None = None, overrides: list[str] = 
         history = trainer.run()
     finally:
         trainer.close()
+    if trainer.interrupted:
+        print(f"stopped by {trainer.interrupted}: {cfg.train.run_dir} saved at step {trainer.step}; continue with "
+              f"--resume (exit status {preemption.EXIT_INTERRUPTED})", file=sys.stderr)
+        raise SystemExit(preemption.EXIT_INTERRUPTED)
     last = history[-1] if history else {}
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()
              if k.startswith(("reward/", "val/", "loss", "kl"))}

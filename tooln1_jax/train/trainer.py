@@ -139,6 +139,7 @@ class GRPOTrainer(TrainingRun):
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
         row_records = [records[i // g] for i in range(len(replies))]
         rewards, extra = self.reward_fn(row_records, replies, reply_ids)
+        self.abandon_if_stopping()  # a signal during the rollout: nothing is updated yet
         start = time.perf_counter()
         generated = sampler.reply_ids(rollout, stop_ids=())  # with the stop token
         batches, prompt_width = self.minibatches(records, generated, self.advantages(rewards))
