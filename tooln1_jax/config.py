@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from tooln1_jax import files
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -403,4 +405,4 @@ def validate(config: RunConfig) -> None:
 
 
 def dump(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    files.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
