@@ -147,6 +147,13 @@ def match_level(calls: list, answer: list) -> int:
     return 0
 
 
+def score_details(reply: str, answer: list | str, variant: str = "binary") -> tuple[float, bool, bool]:
+    """(reward, exact match of the calls, well-formed: think tags + a decodable call block) of one reply."""
+    parsed = parse_reply(reply)
+    exact = parsed.calls is not None and match_level(parsed.calls, answer) == 2
+    return score(reply, answer, variant), exact, parsed.status == OK and parsed.has_think
+
+
 def score(reply: str, answer: list | str, variant: str = "binary") -> float:
     """Reward of one reply against the ground-truth calls (a list, or its JSON string). Never raises on the inputs.
 

@@ -60,9 +60,7 @@ def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[
 
 def score_reply(reply: str, answer, variant: str = "binary") -> tuple[float, bool, bool]:
     """(reward, exact match of the calls, well-formed: think tags + a decodable call block)."""
-    parsed = toolcall.parse_reply(reply)
-    exact = parsed.calls is not None and toolcall.match_level(parsed.calls, answer) == 2
-    return toolcall.score(reply, answer, variant), exact, parsed.status == toolcall.OK and parsed.has_think
+    return toolcall.score_details(reply, answer, variant)
 
 
 class StepAbandoned(Exception):

@@ -5,6 +5,7 @@ per mini-batch. Each step is a short sequence of named calls; the math lives in 
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -13,29 +14,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import grpo
-from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies, score_reply
+from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies
 from tooln1_jax.train.step import GRPOSettings
 
 # reward_fn(records, replies, reply_token_ids) -> (rewards [N], extra per-row metrics {name: [N]})
 RewardFn = Callable[[Sequence[dict], Sequence[str], Sequence[Sequence[int]]], tuple[np.ndarray, dict]]
 
 
-def _score_job(job):
-    return score_reply(*job)
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Fresh worker processes: forking a process whose JAX runtime has started threads can deadlock the child."""
+    return multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                       else "spawn")
 
 
 class ToolCallReward:
-    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates."""
+    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates.
+    With `workers`, replies are scored in that many processes (they import only the jax-free rewards module)."""
 
     def __init__(self, variant: str = "binary", workers: int = 0):
         self.variant = variant
-        self._pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self._pool = ProcessPoolExecutor(workers, mp_context=_worker_context()) if workers > 0 else None
 
     def __call__(self, records, replies, reply_ids):
-        jobs = [(reply, record["answer"], self.variant) for record, reply in zip(records, replies)]
-        results = list(self._pool.map(_score_job, jobs, chunksize=64) if self._pool else map(_score_job, jobs))
+        answers = [record["answer"] for record in records]
+        variants = [self.variant] * len(replies)
+        results = list(self._pool.map(toolcall.score_details, replies, answers, variants, chunksize=64)
+                       if self._pool else map(toolcall.score_details, replies, answers, variants))
         rewards, exact, formatted = (np.array(x, np.float32) for x in zip(*results))
         return rewards, {"exact_match": exact, "format_ok": formatted}
 
