@@ -269,9 +269,11 @@ def test_metrics_without_a_checkpoint_are_refused_at_start_without_resume(tmp_pa
 def test_unfinished_orbax_saves_are_removed_at_start(tmp_path):
     from tooln1_jax.train import checkpoint
 
-    stale = tmp_path / "run" / "checkpoints" / "3.orbax-checkpoint-tmp-1712345678"
-    (stale / "params").mkdir(parents=True)
-    (stale / "params" / "data").write_bytes(b"x" * 100)
+    stale = [tmp_path / "run" / "checkpoints" / name for name in ("3.orbax-checkpoint-tmp",
+                                                                  "4.orbax-checkpoint-tmp-1712345678")]
+    for path in stale:
+        (path / "params").mkdir(parents=True)
+        (path / "params" / "data").write_bytes(b"x" * 100)
     checkpoint.Checkpoints(tmp_path / "run").close()
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
     assert (tmp_path / "run" / "checkpoints").is_dir()

@@ -20,7 +20,7 @@ from tooln1_jax.models.qwen2 import Qwen2Config
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
-TMP_PATTERN = "*.orbax-checkpoint-tmp-*"
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"  # "<step>.orbax-checkpoint-tmp[-<timestamp>]"
 
 
 def _abstract(tree):
