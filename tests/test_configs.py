@@ -181,6 +181,7 @@ BAD_VALUES = [
     ("rollout.top_p=0", "in (0, 1]"), ("rollout.temperature=0", "> 0"), ("train.reward_workers=-2", ">= 0"),
     ("train.sample_every=-1", ">= 0"), ("data.num_epochs=0", ">= 1"), ("mesh.data=0", "-1 or >= 1"),
     ("mesh.fsdp=-2", "-1 or >= 1"), ("sft.max_seq_len=0", ">= 1"), ("optim.warmup_steps=-1", ">= 0"),
+    ("optim.b1=1e400", "in [0, 1)"), ("train.eval_size=-1" + "0" * 400, ">= 0"),
 ]
 
 

@@ -72,9 +72,16 @@ def test_memory_knobs_do_not_change_the_math(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
 
 
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(history, run directory) of the 6-step script run the interrupted runs are compared with."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "full"
+    return _run_script(run_dir, "--set=train.steps=6"), run_dir
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     steps = 6
-    full = _run_script(tmp_path / "full", f"--set=train.steps={steps}")
+    full, full_dir = uninterrupted
 
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, HELPER, str(run_dir), f"--set=train.steps={steps}"], cwd=REPO,
@@ -94,13 +101,13 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
 
     from tooln1_jax.train import checkpoint
 
-    _, a = checkpoint.load_model(tmp_path / "full")
+    _, a = checkpoint.load_model(full_dir)
     _, b = checkpoint.load_model(run_dir)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # the metrics file of the resumed run reads like the uninterrupted one's
     lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
-    assert lines(run_dir) == lines(tmp_path / "full")
+    assert lines(run_dir) == lines(full_dir)
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
@@ -202,14 +209,14 @@ def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
     assert "train.micro_batch_size = 4 does not divide over the 8 devices" in result.stderr
 
 
-def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupted_run(tmp_path):
+def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     """SIGTERM after step 2 of 6 (during step 3's rollout): step 3 is abandoned, a checkpoint of step 2 is written,
     the exit status is EXIT_INTERRUPTED; --resume finishes at step 6 with the uninterrupted run's parameters."""
     from tooln1_jax.train import checkpoint
     from tooln1_jax.train.preemption import EXIT_INTERRUPTED
 
+    full, full_dir = uninterrupted  # checkpoints every step there: the same math
     steps = ["--set=train.steps=6", "--set=checkpoint.every=100"]  # no scheduled checkpoint before the last step
-    full = _run_script(tmp_path / "full", *steps)
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, HELPER, str(run_dir), *steps, "--reward-seconds=1.5"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -228,13 +235,13 @@ def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupt
     resumed = _run_script(run_dir, "--resume", *steps)
     assert len(resumed) == 4
     assert _comparable(resumed[-1]) == _comparable(full[-1])
-    _, a = checkpoint.load_model(tmp_path / "full")
+    _, a = checkpoint.load_model(full_dir)
     _, b = checkpoint.load_model(run_dir)
     assert checkpoint.Checkpoints(run_dir, read_only=True).latest_step() == 6
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
-    assert lines(run_dir) == lines(tmp_path / "full")
+    assert lines(run_dir) == lines(full_dir)
 
 
 def test_a_signal_between_steps_stops_after_saving_that_step(tmp_path):

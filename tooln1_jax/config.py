@@ -162,7 +162,7 @@ class Range:
             return True
         above = self.low < value if self.low_open else self.low <= value
         below = value < self.high if self.high_open else value <= self.high
-        return math.isfinite(value) and above and below
+        return not (isinstance(value, float) and not math.isfinite(value)) and above and below
 
     def __str__(self) -> str:
         if self.high == math.inf:

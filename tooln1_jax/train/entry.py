@@ -7,7 +7,6 @@ import logging
 import sys
 
 from tooln1_jax import config as config_lib
-from tooln1_jax.train import preemption
 
 
 def run(command: str, *, config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
@@ -29,6 +28,8 @@ def run(command: str, *, config_path: str | None = None, overrides: list[str] = 
     finally:
         trainer.close()
     if trainer.interrupted:
+        from tooln1_jax.train import preemption
+
         print(f"stopped by {trainer.interrupted}: {cfg.train.run_dir} saved at step {trainer.step}; continue with "
               f"--resume (exit status {preemption.EXIT_INTERRUPTED})", file=sys.stderr)
         raise SystemExit(preemption.EXIT_INTERRUPTED)
