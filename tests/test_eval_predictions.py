@@ -202,7 +202,9 @@ def test_hostile_predictions_files_are_reported_with_file_and_line(tmp_path, cap
         b'{"id": "x1", "reply": "\\ud800 lone"}',   # line 1: a lone surrogate escape
         b'{"id": "x2", "reply": "caf\xe9"}',          # line 2: Latin-1, not UTF-8
         b"[" * 100_000 + b"]" * 100_000,               # line 3: nested past the recursion limit
-        good,                                          # line 4
+        b"",                                           # line 4: blank, skipped
+        b"null",                                       # line 5
+        good,                                          # line 6
     ]) + b"\n")
     out = tmp_path / "out"
     assert cli_main(["eval", "bfcl", "--predictions", str(path), "--out", str(out), "--limit", "1",
@@ -212,6 +214,7 @@ def test_hostile_predictions_files_are_reported_with_file_and_line(tmp_path, cap
     byte = b'{"id": "x2", "reply": "caf\xe9"}'.index(b"\xe9") + 1
     assert f"{path}: bad line 2: not UTF-8 (byte {byte} of the line)" in err
     assert f"{path}: bad line 3: not JSON (nested too deeply)" in err
+    assert f"{path}: bad line 5: not a JSON object (NoneType)" in err and "bad line 4" not in err
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["id"], r["valid"]) for r in rows] == [(example.id, True)]
 

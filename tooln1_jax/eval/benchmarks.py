@@ -251,7 +251,7 @@ def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
             if error:
                 bad_lines.append({"line": number, "error": error})
                 continue
-            if row is None:
+            if row is _BLANK:
                 continue
             if not isinstance(row, dict):
                 bad_lines.append({"line": number, "error": f"not a JSON object ({type(row).__name__})"})
@@ -269,14 +269,17 @@ def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
     return replies, {"file": str(path), "bad_lines": bad_lines, "duplicate_ids": duplicates}
 
 
+_BLANK = object()
+
+
 def _prediction_line(raw: bytes) -> tuple[Any, str | None]:
-    """(decoded JSON or None for a blank line, error or None) of one line of a predictions file."""
+    """(decoded JSON, or _BLANK for a blank line; error or None) of one line of a predictions file."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         return None, f"not UTF-8 (byte {e.start + 1} of the line)"
     if not line.strip():
-        return None, None
+        return _BLANK, None
     try:
         return json.loads(line), None
     except json.JSONDecodeError as e:
