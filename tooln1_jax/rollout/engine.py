@@ -215,7 +215,8 @@ def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]]
         return Rollout(tokens=np.zeros((0, max_new), np.int32), lengths=np.zeros(0, np.int32),
                        logprobs=np.zeros((0, max_new), np.float32), prompt_index=np.zeros(0, np.int32),
                        finish_reason=np.zeros(0, str))
-    slots = _round_up(min(num_slots or total, bucket(parallel.global_max(total))), multiple)  # per process
+    most = bucket(parallel.global_max(total))
+    slots = _round_up(min(num_slots, most) if num_slots else most, multiple)  # per process
     width = bucket(parallel.global_max(max(len(p) for p in prompts) - 1 if prompts else 1), 16)  # prefill width
     if width > PREFILL_CHUNK:
         width = _round_up(width, PREFILL_CHUNK)
