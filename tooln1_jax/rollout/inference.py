@@ -49,15 +49,20 @@ class InferenceWeights:
         return sum(x.nbytes for x in jax.tree.leaves(self))
 
 
-def _arrange(tree, layer_of, num_layers: int, tied: bool) -> InferenceWeights:
-    """The InferenceWeights structure from a params-shaped tree; layer_of(leaf, i) takes layer i of a stacked leaf."""
-    def get(path):
+_MERGED = {"q": 1, "k": 1, "v": 1, "o": 0, "q_bias": 0, "k_bias": 0, "v_bias": 0}  # (heads, head_dim) at this axis
+
+
+def _arrange(tree, layer_of, num_layers: int, tied: bool, merge) -> InferenceWeights:
+    """The InferenceWeights structure from a params-shaped tree; layer_of(leaf, i) takes layer i of a stacked leaf,
+    merge(leaf, axis) joins its (heads, head_dim) axes at `axis` into one (plain matmuls, no per-step transposes)."""
+    def get(name, path, i):
         node = tree["model"]["layers"]
         for key in path:
             node = node[key]
-        return node
+        leaf = layer_of(node, i)
+        return merge(leaf, _MERGED[name]) if name in _MERGED else leaf
 
-    layers = tuple({name: layer_of(get(path), i) for name, path in _LAYER_LEAVES.items()} for i in range(num_layers))
+    layers = tuple({name: get(name, path, i) for name, path in _LAYER_LEAVES.items()} for i in range(num_layers))
     return InferenceWeights(embed=tree["model"]["embed_tokens"]["embedding"], layers=layers,
                             norm=tree["model"]["norm"]["scale"], head=None if tied else tree["lm_head"]["kernel"])
 
@@ -67,16 +72,18 @@ def _prepare_program(config: Qwen2Config, dtype: str, fsdp: bool, mesh: Mesh, tr
     shapes, logical = qwen2.abstract_params(config)
     rules = parallel.RULES if fsdp else tuple((n, None if n == "embed" else a) for n, a in parallel.RULES)
     n, tied = config.num_hidden_layers, config.tie_word_embeddings
-    out_shapes = _arrange(shapes, lambda s, i: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), n, tied)
-    out_names = _arrange(logical, lambda names, i: tuple(names)[1:], n, tied)
+    out_shapes = _arrange(shapes, lambda s, i: s.shape[1:], n, tied,
+                          lambda s, a: s[:a] + (s[a] * s[a + 1],) + s[a + 2:])
+    out_names = _arrange(logical, lambda names, i: tuple(names)[1:], n, tied, lambda s, a: s[:a + 1] + s[a + 2:])
     out_shardings = jax.tree.map(
-        lambda s, names: NamedSharding(mesh, parallel.logical_to_spec(tuple(names), s.shape, mesh, rules)),
-        out_shapes, out_names, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None)))
-                                                                              for a in x))
+        lambda shape, names: NamedSharding(mesh, parallel.logical_to_spec(
+            tuple(names), getattr(shape, "shape", shape), mesh, rules)),
+        out_shapes, out_names, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x))
 
     def convert(params):
         cast = jax.tree.map(lambda x: x.astype(dtype), params)
-        return _arrange(cast, lambda x, i: x[i], n, tied)
+        return _arrange(cast, lambda x, i: x[i], n, tied,
+                        lambda x, a: x.reshape(x.shape[:a] + (x.shape[a] * x.shape[a + 1],) + x.shape[a + 2:]))
 
     return jax.jit(convert, in_shardings=(jax.tree.unflatten(treedef, in_shardings),), out_shardings=out_shardings)
 
@@ -111,16 +118,18 @@ def _rms(config: Qwen2Config, x, scale):
 def forward(config: Qwen2Config, w: InferenceWeights, tokens, positions, caches, width: int):
     """Final normalised hidden states [B, T, E] and the updated caches (a tuple of (k, v) per layer)."""
     x = w.embed[tokens]
+    b, t, d = *tokens.shape, config.head_dim
     cos, sin = qwen2.rope_cos_sin(positions, config.head_dim, config.rope_theta)
     out = []
     for lw, (ck, cv) in zip(w.layers, caches):
         h = _rms(config, x, lw["input_norm"])
-        q = qwen2.apply_rope(jnp.einsum("bte,ehd->bthd", h, lw["q"]) + lw["q_bias"], cos, sin)
-        k = qwen2.apply_rope(jnp.einsum("bte,ehd->bthd", h, lw["k"]) + lw["k_bias"], cos, sin)
-        v = jnp.einsum("bte,ehd->bthd", h, lw["v"]) + lw["v_bias"]
+        proj = lambda name, heads: (h @ lw[name] + lw[name + "_bias"]).reshape(b, t, heads, d)  # noqa: E731
+        q = qwen2.apply_rope(proj("q", config.num_attention_heads), cos, sin)
+        k = qwen2.apply_rope(proj("k", config.num_key_value_heads), cos, sin)
+        v = proj("v", config.num_key_value_heads)
         ck, cv = decode_attention.write(ck, k, positions), decode_attention.write(cv, v, positions)
         attn = decode_attention.attend(q, ck, cv, positions, width)
-        x = x + jnp.einsum("bthd,hde->bte", attn, lw["o"])
+        x = x + attn.reshape(b, t, -1) @ lw["o"]
         h = _rms(config, x, lw["post_norm"])
         x = x + jnp.einsum("btf,fe->bte", jax.nn.silu(h @ lw["gate"]) * (h @ lw["up"]), lw["down"])
         out.append((ck, cv))

@@ -87,7 +87,8 @@ def sample_step(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> tuple
     else:
         scaled = logits / sampling.temperature
         logp = jax.nn.log_softmax(scaled, axis=-1)
-        filtered = filter_logits(scaled, sampling.top_k, sampling.top_p)
-        weights = jnp.exp(filtered - jnp.max(filtered, axis=-1, keepdims=True))
+        weights = jnp.exp(logp)
+        if sampling.top_k or sampling.top_p < 1.0:
+            weights = jnp.where(filter_logits(scaled, sampling.top_k, sampling.top_p) == -jnp.inf, 0.0, weights)
         tokens = inverse_cdf(weights, jax.vmap(jax.random.uniform)(keys))
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
