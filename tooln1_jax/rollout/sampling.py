@@ -3,9 +3,9 @@
 Log-probs are those of the sampling distribution before top-k/top-p filtering: log_softmax(logits / T) (T = 1 for
 greedy decoding), which is what the GRPO ratio needs.
 
-A draw is an inverse-CDF lookup with ONE uniform number per row (blocks of 256 tokens, then a token inside the
-block), not `jax.random.categorical`, which draws a Gumbel number per vocabulary entry: 152k random numbers per row
-per step cost more than the rest of the sampling (0.30 s vs 0.015 s for 32 rows on a 2-core CPU).
+A draw is an exponential race over the vocabulary (`race`) whose uniform numbers come from a cheap integer hash
+of the row's key and the token id, not from `jax.random.categorical`, whose threefry Gumbel numbers cost more
+than the rest of the step's sampling (0.30 s vs 0.04 s for 32 rows x 152k tokens on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-
-BLOCK = 256  # vocabulary entries per block of the two-level inverse CDF
-
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -51,26 +48,27 @@ def filter_logits(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return scaled
 
 
-def _last_positive(x: jax.Array) -> jax.Array:
-    """Index of the last entry > 0 along the last axis (0 when none)."""
-    n = x.shape[-1]
-    return n - 1 - jnp.argmax(jnp.flip(x > 0, axis=-1), axis=-1)
+def _mix(h: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finaliser: a bijective avalanche mix of uint32 values."""
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
 
-def inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """Index i of each row with probability weights[i] / sum(weights); weights [N, V] >= 0, u [N] in [0, 1).
-    Entries of weight 0 are never returned."""
-    n, v = weights.shape
-    blocks = jnp.pad(weights, ((0, 0), (0, -v % BLOCK))).reshape(n, -1, BLOCK)
-    block_mass = blocks.sum(-1)  # [N, nb]
-    block_cdf = jnp.cumsum(block_mass, axis=-1)
-    target = u * block_cdf[:, -1]
-    b = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), _last_positive(block_mass))
-    inside = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0]  # [N, BLOCK]
-    rest = target - (jnp.take_along_axis(block_cdf, b[:, None], axis=1)[:, 0]
-                     - jnp.take_along_axis(block_mass, b[:, None], axis=1)[:, 0])
-    i = jnp.minimum(jnp.sum(jnp.cumsum(inside, axis=-1) <= rest[:, None], axis=-1), _last_positive(inside))
-    return (b * BLOCK + i).astype(jnp.int32)
+def uniforms(keys: jax.Array, n: int) -> jax.Array:
+    """[N, n] uniform numbers in (0, 1) (23 bits), a hash of (each row's key, the column): the cost of two
+    multiply-xorshift rounds per number instead of a threefry block."""
+    words = jax.vmap(jax.random.key_data)(keys).reshape(keys.shape[0], -1).astype(jnp.uint32)
+    h = _mix(_mix(jnp.arange(n, dtype=jnp.uint32)[None, :] * jnp.uint32(0x9E3779B9) ^ words[:, :1]) ^ words[:, 1:2])
+    return ((h >> 9).astype(jnp.float32) + 0.5) * (2.0 ** -23)  # 23 bits: k + 0.5 stays exact in float32
+
+
+def race(weights: jax.Array, keys: jax.Array) -> jax.Array:
+    """Index i of each row with probability weights[i] / sum(weights) (weights [N, V] >= 0; zeros never win): the
+    smallest E_i / w_i with E_i ~ Exp(1) (the exponential race, equivalent to Gumbel-max). Unlike an inverse CDF,
+    whose boundaries carry the rounding of every earlier entry, it depends on the few leading ratios only, so
+    logits that differ in the last bits (another batch size, another mesh) almost never change a draw."""
+    return jnp.argmax(jnp.log(uniforms(keys, weights.shape[-1])) / weights, axis=-1).astype(jnp.int32)
 
 
 def sample_keys(rng: jax.Array, steps: jax.Array, sample_ids: jax.Array) -> jax.Array:
@@ -90,5 +88,5 @@ def sample_step(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> tuple
         weights = jnp.exp(logp)
         if sampling.top_k or sampling.top_p < 1.0:
             weights = jnp.where(filter_logits(scaled, sampling.top_k, sampling.top_p) == -jnp.inf, 0.0, weights)
-        tokens = inverse_cdf(weights, jax.vmap(jax.random.uniform)(keys))
+        tokens = race(weights, keys)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
