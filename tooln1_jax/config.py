@@ -58,6 +58,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     prompts_per_call: int = 0  # prompts per sampler call, all hosts together (bounds the KV cache); 0 = the batch
+    num_slots: int = 0  # decode slots per process (continuous batching); 0 = one per sample of a call
+    chunk_steps: int = 16  # decode steps per compiled chunk (the host refills slots between chunks)
+    inference_dtype: str = ""  # dtype of the rollout's weight copy: "" = model.dtype, or float32 | bfloat16
+    inference_fsdp: bool = False  # keep the FSDP axis on the rollout's weight copy (less memory, gathers per token)
 
 
 @dataclasses.dataclass(frozen=True)

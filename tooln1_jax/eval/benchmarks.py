@@ -161,6 +161,7 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
     from tooln1_jax.rollout import sampler
 
     stop_ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    params = sampler.prepare(config, params)  # the decode layout, made once for every batch
 
     def replies(prompts: list[str]) -> list[str]:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -91,11 +91,14 @@ class GRPOTrainer(TrainingRun):
         prompt's samples depend only on the step and its position in the global batch."""
         r = self.cfg.rollout
         chunk = max(1, r.prompts_per_call // jax.process_count()) if r.prompts_per_call else len(records)
-        parts = [sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records[i:i + chunk]],
+        weights = sampler.prepare(self.model_config, self.params, dtype=r.inference_dtype or None,
+                                  fsdp=r.inference_fsdp, mesh=self.mesh)  # once per step
+        parts = [sampler.generate(self.model_config, weights, [rec["prompt_ids"] for rec in records[i:i + chunk]],
                                   num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
                                   rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh,
-                                  prompt_seeds=positions[i:i + chunk])
+                                  prompt_seeds=positions[i:i + chunk], num_slots=r.num_slots or None,
+                                  chunk_steps=r.chunk_steps)
                  for i in range(0, len(records), chunk)]
         return sampler.concatenate(parts)
 
@@ -141,8 +144,10 @@ class GRPOTrainer(TrainingRun):
         positions = self.local_positions(len(global_records))
         records = [global_records[i] for i in positions]
         start = time.perf_counter()
+        engine_before = dict(sampler.STATS)
         rollout = self.rollout(records, positions)
         rollout_seconds = time.perf_counter() - start
+        self.engine_stats = {k: sampler.STATS[k] - engine_before[k] for k in engine_before}
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
         row_records = [records[i // g] for i in range(len(replies))]
         rewards, extra = self.reward_fn(row_records, replies, reply_ids)
@@ -175,7 +180,9 @@ class GRPOTrainer(TrainingRun):
                         "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
                         "epoch": self.loader.epoch, "updates": len(update_metrics),
-                        "sampler_compiles": sampler.STATS["compiles"]})
+                        "sampler_compiles": sampler.STATS["compiles"],
+                        "rollout/slot_utilisation": sampler.utilisation(self.engine_stats),
+                        "rollout/decode_steps": self.engine_stats["decode_steps"]})
         return metrics
 
     def close(self):
