@@ -198,6 +198,8 @@ RANGES = {
     "rollout.top_p": PROBABILITY,
     "rollout.top_k": NON_NEGATIVE,  # 0: off
     "rollout.prompts_per_call": NON_NEGATIVE,  # 0: the whole batch
+    "rollout.num_slots": NON_NEGATIVE,  # 0: one slot per sample of a call
+    "rollout.chunk_steps": POSITIVE_INT,
     "grpo.beta": NON_NEGATIVE,  # 0: no reference model
     "grpo.epsilon": POSITIVE,
     "grpo.epsilon_high": POSITIVE,
@@ -402,7 +404,8 @@ def validate(config: RunConfig) -> None:
                "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
-               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16"))}
+               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
+               "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
