@@ -31,7 +31,8 @@ class ModelConfig:
     init_seed: int = 0
     dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
     param_dtype: str = "float32"
-    remat: bool = False  # recompute layer activations in the backward pass
+    remat: bool | str = False  # backward recomputation: none (= false), dots (keep matmul outputs), full (= true)
+    attention: str = "auto"  # training attention: auto | dense | blockwise | xla | cudnn (models/attention.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class GRPOConfig:
     entropy_coef: float = 0.0
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
     reward: str = "binary"  # binary | binary_no_think | think_partial | name_partial
+    ref_dtype: str = "param"  # the frozen reference model's weights: param (model.param_dtype) | compute (model.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +89,10 @@ class TrainConfig:
     steps: int = 4  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
+    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
+    layout: str = "packed"  # packed (prefix-shared groups, train/packing.py) | padded (one row per reply)
+    pack_tokens: int = 2048  # packed layout: row length budget (a longer group gets a row of its own length)
+    micro_batch_rows: int = 0  # packed rows per forward/backward pass; 0 = one per device of the batch axes
     seed: int = 0
     log_every: int = 1
     sample_every: int = 2  # log a few sample replies every N steps (0: never)
@@ -258,6 +263,11 @@ def validate(config: RunConfig) -> None:
     if (t.mini_batch_size * r.num_generations) % t.micro_batch_size:
         raise ConfigError(f"a mini-batch of {t.mini_batch_size} prompts x {r.num_generations} generations is not "
                           f"a multiple of train.micro_batch_size {t.micro_batch_size}")
+    if t.pack_tokens < 0 or t.micro_batch_rows < 0:
+        raise ConfigError(f"train.pack_tokens ({t.pack_tokens}) and train.micro_batch_rows ({t.micro_batch_rows}) "
+                          "must be >= 0")
+    if config.model.remat not in (False, True, "none", "dots", "full"):
+        raise ConfigError(f"model.remat must be one of false, true, none, dots, full; got {config.model.remat!r}")
     if r.num_generations < 2:
         raise ConfigError(f"rollout.num_generations must be >= 2 for group advantages, got {r.num_generations}")
     if r.max_new_tokens < 1:
@@ -273,7 +283,10 @@ def validate(config: RunConfig) -> None:
                "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
-               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16"))}
+               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
+               "model.attention": (config.model.attention, ("auto", "dense", "blockwise", "xla", "cudnn")),
+               "train.layout": (t.layout, ("packed", "padded")),
+               "grpo.ref_dtype": (g.ref_dtype, ("param", "compute"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
