@@ -247,22 +247,29 @@ class StepFunctions:
     def packed_logprobs(self, params, batch: dict, *, micro_rows: int, temperature: float = 1.0,
                         with_entropy: bool = False):
         """`logprobs` of a packed batch (a dict with at least PACKED_KEYS): slots [rows, S, R]."""
-        batch = {k: batch[k] for k in PACKED_KEYS}
-        key = ("packed_logprobs", float(temperature), with_entropy, micro_rows)
+        program = self.packed_logprob_program(float(temperature), with_entropy, micro_rows)
+        return program(params, {k: batch[k] for k in PACKED_KEYS})
+
+    def packed_logprob_program(self, temperature: float, with_entropy: bool, micro_rows: int):
+        """The jitted packed log-prob pass: (params, {PACKED_KEYS: arrays}) -> (logp, entropy) [rows, S, R]."""
+        key = ("packed_logprobs", temperature, with_entropy, micro_rows)
         if key not in self._programs:
             shardings = {k: parallel.batch_sharding(self.mesh, 2 if k in PACKED_KEYS[:4] else 3) for k in PACKED_KEYS}
             slots = parallel.batch_sharding(self.mesh, 3)
-            fn = functools.partial(_packed_logprobs, self.config, float(temperature), with_entropy, micro_rows,
-                                   self.mesh)
+            fn = functools.partial(_packed_logprobs, self.config, temperature, with_entropy, micro_rows, self.mesh)
             self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, shardings),
                                           out_shardings=(slots, slots))
-        return self._programs[key](params, batch)
+        return self._programs[key]
 
     def grpo_update_packed(self, params, opt_state, batch: dict, settings: GRPOSettings, *,
                            log_entropy: bool = False):
         """One optimizer step on a packed mini-batch; `settings.micro_batch_size` counts packed rows."""
-        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
-        return self._update_program("grpo_packed", settings, log_entropy, keys)(params, opt_state, batch)
+        return self.grpo_packed_program(batch, settings, log_entropy)(params, opt_state, batch)
+
+    def grpo_packed_program(self, batch: dict, settings: GRPOSettings, log_entropy: bool = False):
+        """The jitted packed GRPO update for batches with these keys (arrays or ShapeDtypeStructs)."""
+        keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
+        return self._update_program("grpo_packed", settings, log_entropy, keys)
 
     def sft_update_packed(self, params, opt_state, batch: dict, micro_rows: int):
         keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
