@@ -10,7 +10,8 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads
 
 Attention works on "slots": without a cache the slots are the input positions; with a `KVCache` the new tokens are
 written at slots `[cache.index, cache.index + T)` and attend to every earlier valid slot. Rotary positions are
-explicit per token, so left-padded, right-padded and cached batches all get the right positions.
+explicit per token, so left-padded, right-padded and cached batches all get the right positions. Packed training
+rows (no cache) give `segment_ids`/`prefix_ids` instead, and attention goes through `models/attention.py`.
 """
 
 from __future__ import annotations
@@ -402,14 +403,15 @@ def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Ar
 
 
 def forward(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-            attention_mask: jax.Array | None = None, cache: KVCache | None = None):
+            attention_mask: jax.Array | None = None, cache: KVCache | None = None,
+            segment_ids: jax.Array | None = None, prefix_ids: jax.Array | None = None):
     """Logits float32 [B, T, V] and the updated cache (None when no cache was given).
 
     tokens int32 [B, T]; attention_mask 1 for real tokens (default: all real); positions int32 [B, T] (default: the
     count of real tokens before each one, so left and right padding both work).
     """
     hidden, cache = hidden_states(config, params, tokens, positions=positions, attention_mask=attention_mask,
-                                  cache=cache)
+                                  cache=cache, segment_ids=segment_ids, prefix_ids=prefix_ids)
     return apply_head(config, params, hidden), cache
 
 
