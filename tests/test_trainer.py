@@ -72,6 +72,23 @@ def test_memory_knobs_do_not_change_the_math(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
 
 
+def test_packed_layout_gives_the_run_of_the_padded_one(tmp_path):
+    """Prefix-shared packing (several groups per row, several micro-batches of rows) changes no number, only the
+    work: fewer computed positions per useful token."""
+    runs = {}
+    for layout in ("padded", "packed"):
+        t = trainer(tiny_config("train.steps=2", "checkpoint.every=100", f"train.layout={layout}",
+                                "train.pack_tokens=96"), tmp_path / layout)
+        runs[layout] = t.run(progress=False)
+        t.close()
+    for a, b in zip(runs["padded"], runs["packed"]):
+        assert a["reward/mean"] == b["reward/mean"]  # identical samples
+        for key in ("loss", "pg_loss", "kl", "grad_norm", "entropy", "clip_frac"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+        assert b["layout/computed_per_useful"] < a["layout/computed_per_useful"]
+        assert 0.0 <= b["layout/padding_frac"] < a["layout/padding_frac"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """(history, run directory) of the 6-step script run the interrupted runs are compared with."""

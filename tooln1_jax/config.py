@@ -34,7 +34,8 @@ class ModelConfig:
     init_seed: int = 0
     dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
     param_dtype: str = "float32"
-    remat: bool = False  # recompute layer activations in the backward pass
+    remat: bool | str = False  # backward recomputation: none (= false), dots (keep matmul outputs), full (= true)
+    attention: str = "auto"  # training attention: auto | dense | blockwise | xla | cudnn (models/attention.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,7 @@ class GRPOConfig:
     entropy_coef: float = 0.0
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
     reward: str = "binary"  # binary | binary_no_think | think_partial | name_partial
+    ref_dtype: str = "param"  # the frozen reference model's weights: param (model.param_dtype) | compute (model.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +96,10 @@ class TrainConfig:
     steps: int = 4  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
+    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
+    layout: str = "packed"  # packed (prefix-shared groups, train/packing.py) | padded (one row per reply)
+    pack_tokens: int = 2048  # packed layout: row length budget (a longer group gets a row of its own length)
+    micro_batch_rows: int = 0  # packed rows per forward/backward pass; 0 = one per device of the batch axes
     seed: int = 0
     log_every: int = 1
     sample_every: int = 2  # log a few sample replies every N steps (0: never)
@@ -222,6 +227,8 @@ RANGES = {
     "train.eval_every": NON_NEGATIVE,  # 0: never
     "train.eval_size": NON_NEGATIVE,
     "train.reward_workers": NON_NEGATIVE,  # 0: in the training process
+    "train.pack_tokens": NON_NEGATIVE,  # packed row budget
+    "train.micro_batch_rows": NON_NEGATIVE,  # 0: one packed row per device of the batch axes
     "checkpoint.every": POSITIVE_INT,
     "checkpoint.keep": POSITIVE_INT,
     "sft.max_seq_len": POSITIVE_INT,
@@ -399,13 +406,18 @@ def validate(config: RunConfig) -> None:
     if (t.mini_batch_size * r.num_generations) % t.micro_batch_size:
         raise ConfigError(f"a mini-batch of {t.mini_batch_size} prompts x {r.num_generations} generations is not "
                           f"a multiple of train.micro_batch_size {t.micro_batch_size}")
+    if config.model.remat not in (False, True, "none", "dots", "full"):
+        raise ConfigError(f"model.remat must be one of false, true, none, dots, full; got {config.model.remat!r}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
                "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")),
                "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
                "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
-               "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16"))}
+               "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16")),
+               "model.attention": (config.model.attention, ("auto", "dense", "blockwise", "xla", "cudnn")),
+               "train.layout": (t.layout, ("packed", "padded")),
+               "grpo.ref_dtype": (g.ref_dtype, ("param", "compute"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")

@@ -31,7 +31,7 @@ def build_config(cfg: RunConfig) -> Qwen2Config:
     """The model config alone (reads only config.json or the GGUF header), to check things before loading."""
     m = cfg.model
     runtime = {"dtype": weights.default_dtype() if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
-               "remat": m.remat}
+               "remat": m.remat, "attention": m.attention}
     if m.path:
         source = weights.open_source(m.path)
         return Qwen2Config.from_hf(source.hf_config, source=str(getattr(source, "hf_config_path", m.path)), **runtime)
@@ -157,6 +157,7 @@ class TrainingRun:
         t = self.cfg.train
         multiple = parallel.batch_size_multiple(self.mesh)
         for name, rows in (("train.micro_batch_size", t.micro_batch_size),
+                           ("train.micro_batch_rows", t.micro_batch_rows),
                            ("sequences per optimizer step", self.sequences_per_update())):
             if rows % multiple:
                 raise ValueError(f"{name} = {rows} does not divide over the {multiple} devices of the mesh's "

@@ -10,9 +10,14 @@ import json
 import logging
 import time
 
+import jax
 import numpy as np
 
+from tooln1_jax import parallel
+from tooln1_jax.rollout.sampler import bucket
+from tooln1_jax.train import packing
 from tooln1_jax.train.run import StepResult, TrainingRun
+from tooln1_jax.train.step import PACKED_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ class SFTTrainer(TrainingRun):
         return kept
 
     def train_step(self) -> StepResult:
+        if self.cfg.train.layout == "packed":
+            return self.packed_train_step()
         records = next(self.loader)
         start = time.perf_counter()
         packed = self.pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
@@ -62,4 +69,28 @@ class SFTTrainer(TrainingRun):
         metrics.update({"time/update_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
                         "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records])),
                         "epoch": self.loader.epoch})
+        return StepResult(metrics, [])
+
+    def packed_train_step(self) -> StepResult:
+        """`train_step` with the examples packed into rows (groups of one reply, `packing.py`)."""
+        records = next(self.loader)
+        start = time.perf_counter()
+        hosts = jax.process_count()
+        micro_rows = self.cfg.train.micro_batch_rows or parallel.batch_size_multiple(self.mesh)
+        width = parallel.global_max(bucket(max(len(r["target_ids"]) for r in records), 16))
+        packed = packing.pack_groups([r["prompt_ids"] for r in records], [[r["target_ids"]] for r in records],
+                                     budget=self.cfg.train.pack_tokens, rows_multiple=micro_rows // hosts,
+                                     reply_width=width)
+        packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
+        batch = {k: self.global_batch(getattr(packed, k)) for k in PACKED_KEYS + ("response_mask",)}
+        self.params, self.opt_state, m = self.steps.sft_update_packed(self.params, self.opt_state, batch, micro_rows)
+        metrics = {k: float(v) for k, v in m.items()}
+        self.step += 1
+        seconds = time.perf_counter() - start
+        useful = float(self.all_rows(np.array([packed.useful_tokens])).sum())
+        computed = packed.computed_tokens * hosts
+        metrics.update({"time/update_s": seconds, "tokens_per_s": useful / max(seconds, 1e-9),
+                        "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records])),
+                        "layout/computed_per_useful": computed / max(useful, 1.0),
+                        "layout/padding_frac": 1.0 - useful / max(computed, 1), "epoch": self.loader.epoch})
         return StepResult(metrics, [])

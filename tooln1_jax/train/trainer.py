@@ -1,10 +1,15 @@
 """The GRPO loop: draw prompts -> sample G replies each -> score -> old/reference log-probs -> one optimizer step
 per mini-batch. Each step is a short sequence of named calls; the math lives in `grpo`, the jitted work in
 `step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
+
+The training passes use the prefix-shared packed layout (`train.layout: packed`, `packing.py`): each prompt once,
+then its G replies. When the rollout batch is one mini-batch, the old log-probs are the update's own forward
+(stop-gradient) instead of a separate pass; the entropy is computed only on steps that are logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -14,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1_jax import parallel
 from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import grpo
+from tooln1_jax.train import grpo, packing
 from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies
-from tooln1_jax.train.step import GRPOSettings
+from tooln1_jax.train.step import PACKED_KEYS, GRPOSettings
 
 # reward_fn(records, replies, reply_token_ids) -> (rewards [N], extra per-row metrics {name: [N]})
 RewardFn = Callable[[Sequence[dict], Sequence[str], Sequence[Sequence[int]]], tuple[np.ndarray, dict]]
@@ -80,10 +86,15 @@ class GRPOTrainer(TrainingRun):
 
     def setup(self):
         cfg = self.cfg
-        self.ref_params = jax.tree.map(lambda x: x.copy(), self.params) if cfg.grpo.beta > 0 else None
+        self.ref_params = None
+        if cfg.grpo.beta > 0:
+            dtype = self.model_config.dtype if cfg.grpo.ref_dtype == "compute" else None
+            self.ref_params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype or x.dtype), p),
+                                      out_shardings=self.steps.param_shardings)(self.params)
         self.reward_fn = self._reward_fn or ToolCallReward(cfg.grpo.reward, cfg.train.reward_workers)
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
+        self.packed_settings = dataclasses.replace(self.settings, micro_batch_size=self.micro_rows())
 
     # -- the parts of a step -----------------------------------------------------------------------------------
     def rollout(self, records: list[dict], positions: list[int]) -> sampler.Rollout:
@@ -106,10 +117,57 @@ class GRPOTrainer(TrainingRun):
         g = self.cfg.rollout.num_generations
         return np.asarray(grpo.group_advantages(jnp.asarray(rewards), g, scale_by_std=self.cfg.grpo.scale_rewards))
 
-    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
+    def logged_next(self) -> bool:
+        """Will the coming step's metrics be logged (so the entropy is worth computing)?"""
+        t = self.cfg.train
+        return (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
+
+    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int | None]:
         """One device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
         computed before the first update: "old" is the policy that sampled. The replies keep their stop token:
-        ending the reply is an action the policy learns too."""
+        ending the reply is an action the policy learns too. Packed layout: prompt width None."""
+        if self.cfg.train.layout == "packed":
+            return self.packed_minibatches(records, generated_ids, advantages), None
+        return self.padded_minibatches(records, generated_ids, advantages)
+
+    def packed_minibatches(self, records, generated_ids, advantages) -> list[dict]:
+        """`minibatches` in the prefix-shared packed layout. A rollout batch that is one mini-batch gets no old
+        log-prob pass (the update takes its own forward's); its entropy is the update's (when logged)."""
+        t, r = self.cfg.train, self.cfg.rollout
+        g, hosts = r.num_generations, jax.process_count()
+        per = t.mini_batch_size // hosts  # this host's prompts per mini-batch
+        one_minibatch = t.batch_size == t.mini_batch_size
+        log_entropy = self.logged_next()
+        batches, self.layout_stats = [], {"computed": 0, "useful": 0}
+        width = parallel.global_max(sampler.bucket(max(1, max(map(len, generated_ids))), 16))
+        for start in range(0, len(records), per):
+            recs = records[start:start + per]
+            replies = [generated_ids[(start + i) * g:(start + i + 1) * g] for i in range(len(recs))]
+            packed = packing.pack_groups([rec["prompt_ids"] for rec in recs], replies, budget=t.pack_tokens,
+                                         rows_multiple=self.micro_rows() // hosts, reply_width=width)
+            packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
+            self.layout_stats["computed"] += packed.computed_tokens * hosts
+            self.layout_stats["useful"] += int(self.all_rows(np.array([packed.useful_tokens])).sum())
+            adv = packed.per_slot(advantages[start * g:(start + len(recs)) * g].astype(np.float32))
+            local = {k: getattr(packed, k) for k in PACKED_KEYS + ("response_mask",)}
+            batch = {k: self.global_batch(v) for k, v in {**local, "advantages": adv}.items()}
+            kwargs = {"micro_rows": self.micro_rows(), "temperature": r.temperature}
+            if not one_minibatch:
+                batch["old_logp"], entropy = self.steps.packed_logprobs(self.params, batch, with_entropy=log_entropy,
+                                                                        **kwargs)
+                if log_entropy:
+                    batch["entropy"] = entropy
+            if self.ref_params is not None:
+                batch["ref_logp"], _ = self.steps.packed_logprobs(self.ref_params, batch, **kwargs)
+            batches.append(batch)
+        self.layout_stats["real"] = self.layout_stats["useful"]
+        return batches
+
+    def micro_rows(self) -> int:
+        return self.cfg.train.micro_batch_rows or parallel.batch_size_multiple(self.mesh)
+
+    def padded_minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
+        """`minibatches` in the padded layout (one row per reply; the reference of the packed layout)."""
         g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
         packed = self.pack([records[i // g]["prompt_ids"] for i in range(len(generated_ids))], generated_ids)
         rows = self.sequences_per_update() // jax.process_count()
@@ -126,15 +184,37 @@ class GRPOTrainer(TrainingRun):
             if self.ref_params is not None:
                 batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, *pass_args, **pass_kwargs)
             batches.append(batch)
+        computed = packed.tokens.size * jax.process_count()
+        useful = sum(len(rec["prompt_ids"]) for rec in records) + sum(map(len, generated_ids))
+        self.layout_stats = {"computed": computed, "useful": int(self.all_rows(np.array([useful])).sum()),
+                             "real": int(self.all_rows(np.array([packed.attention_mask.sum()])).sum())}
         return batches, packed.prompt_width
 
-    def update(self, batches: list[dict], prompt_width: int) -> list[dict]:
+    def update(self, batches: list[dict], prompt_width: int | None) -> list[dict]:
+        if prompt_width is None:
+            return self.packed_update(batches)
         metrics = []
         for batch in batches:
             entropy, mask = batch.pop("entropy"), batch["response_mask"]
             self.params, self.opt_state, m = self.steps.grpo_update(self.params, self.opt_state, batch, prompt_width,
                                                                    self.settings)
             m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # of the sampling policy
+            metrics.append(m)
+        return jax.device_get(metrics)
+
+    def packed_update(self, batches: list[dict]) -> list[dict]:
+        metrics = []
+        log_entropy = self.logged_next()
+        for batch in batches:
+            entropy = batch.pop("entropy", None)
+            own_entropy = log_entropy and "old_logp" not in batch
+            self.params, self.opt_state, m = self.steps.grpo_update_packed(
+                self.params, self.opt_state, batch, self.packed_settings, log_entropy=own_entropy)
+            mask = batch["response_mask"]
+            if own_entropy:  # the update's forward is the sampling policy's
+                m["entropy"] = m.pop("entropy_sum") / jnp.maximum(m["num_tokens"], 1.0)
+            elif entropy is not None:
+                m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
             metrics.append(m)
         return jax.device_get(metrics)
 
@@ -179,11 +259,19 @@ class GRPOTrainer(TrainingRun):
                         "time/rollout_s": rollout_seconds, "time/update_s": update_seconds,
                         "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
+                        **self.layout_metrics(),
                         "epoch": self.loader.epoch, "updates": len(update_metrics),
                         "sampler_compiles": sampler.STATS["compiles"],
                         "rollout/slot_utilisation": sampler.utilisation(self.engine_stats),
                         "rollout/decode_steps": self.engine_stats["decode_steps"]})
         return metrics
+
+    def layout_metrics(self) -> dict:
+        """Computed token positions per useful token (prompts once per group + replies) and the share of
+        positions that hold no token, of the last training passes."""
+        s = self.layout_stats
+        return {"layout/computed_per_useful": s["computed"] / max(s["useful"], 1),
+                "layout/padding_frac": 1.0 - s["real"] / max(s["computed"], 1)}
 
     def close(self):
         super().close()
