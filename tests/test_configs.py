@@ -168,3 +168,64 @@ def test_the_header_chip_counts_are_the_ones_tested():
     for tag in SIZES:
         for path, chips in ((grpo_path(tag), GRPO_CHIPS[tag]), (sft_path(tag), SFT_CHIPS[tag])):
             assert re.search(rf"^# Mesh: {chips} TPU v5p chips", path.read_text(), re.M), path.name
+
+
+# ---- ranges of every value, refused before anything loads ----
+
+# (override, the allowed range the error names); each was accepted before the range table, several crashing later
+BAD_VALUES = [
+    ("train.log_every=0", ">= 1"), ("checkpoint.every=0", ">= 1"), ("checkpoint.keep=0", ">= 1"),
+    ("optim.lr=.nan", "> 0"), ("optim.lr=-1", "> 0"), ("optim.lr=.inf", "> 0"), ("optim.b1=2", "in [0, 1)"),
+    ("optim.b2=1", "in [0, 1)"), ("optim.eps=0", "> 0"), ("optim.max_grad_norm=-1", "> 0"),
+    ("grpo.beta=-1", ">= 0"), ("grpo.epsilon=0", "> 0"), ("grpo.dual_clip=0.5", "> 1"),
+    ("grpo.entropy_coef=.nan", "finite"), ("train.eval_size=-3", ">= 0"), ("rollout.top_k=-5", ">= 0"),
+    ("rollout.top_p=0", "in (0, 1]"), ("rollout.temperature=0", "> 0"), ("train.reward_workers=-2", ">= 0"),
+    ("train.sample_every=-1", ">= 0"), ("data.num_epochs=0", ">= 1"), ("mesh.data=0", "-1 or >= 1"),
+    ("mesh.fsdp=-2", "-1 or >= 1"), ("sft.max_seq_len=0", ">= 1"), ("optim.warmup_steps=-1", ">= 0"),
+    ("optim.b1=1e400", "in [0, 1)"), ("train.eval_size=-1" + "0" * 400, ">= 0"),
+]
+
+
+@pytest.mark.parametrize("override, allowed", BAD_VALUES)
+def test_a_value_out_of_range_is_refused_naming_key_and_range(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(config.ConfigError, match=re.escape(f"{key} must be {allowed}, got")):
+        config.load(None, [override])
+
+
+@pytest.mark.parametrize("override", ["train.log_every=0", "optim.lr=.nan", "checkpoint.keep=0"])
+def test_the_cli_exits_2_before_loading_anything(override, tmp_path, capsys, monkeypatch):
+    from tooln1_jax import cli
+    from tooln1_jax.data import loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the config was validated")
+
+    monkeypatch.setattr(loading, "load_records", no_loading)
+    assert cli.main(["train", "--run-dir", str(tmp_path / "run"), "--set", override]) == 2
+    assert override.split("=")[0] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_edges_of_the_ranges_are_allowed():
+    config.load(None, ["train.log_every=1", "checkpoint.keep=1", "optim.b1=0", "grpo.beta=0", "rollout.top_p=1",
+                       "rollout.top_k=0", "train.eval_size=0", "train.reward_workers=0", "grpo.dual_clip=1.5",
+                       "grpo.entropy_coef=-0.1", "mesh.data=-1", "data.num_epochs=null"])
+
+
+def test_every_numeric_field_has_a_range():
+    fields = config.numeric_fields()
+    assert "optim.lr" in fields and "data.num_epochs" in fields and "model.dtype" not in fields
+    assert sorted(fields) == sorted(config.RANGES)
+
+
+def test_a_repeated_yaml_key_names_the_file_line_and_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  steps: 3\noptim:\n  lr: 1.0e-5\n  b1: 0.9\n  lr: 2.0e-5\n")
+    with pytest.raises(config.ConfigError, match=re.escape(f"{path}:6: repeated key 'lr'")):
+        config.load(path)
+    path.write_text("train:\n  steps: 3\noptim:\n  lr: 1.0e-5\ntrain:\n  steps: 5\n")
+    with pytest.raises(config.ConfigError, match=re.escape(f"{path}:5: repeated key 'train'")):
+        config.load(path)
+    with pytest.raises(config.ConfigError, match="repeated key 'a'"):
+        config.parse_override("train.x={a: 1, a: 2}")

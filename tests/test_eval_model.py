@@ -111,7 +111,8 @@ def test_cli_model_eval_end_to_end_matches_transformers_greedy(tmp_path, tokeniz
     assert [r["id"] for r in rows] == [e.id for e in examples]
     for row, prompt in zip(rows, benchmarks.build_prompts(examples, tokenizer)):
         assert row["reply"] == hf_greedy(model, tokenizer, prompt, 6)[0]
-        # whatever the random model says, the verdict is the checker's on that reply
-        assert row["valid"] == benchmarks.score_reply(examples[rows.index(row)], row["reply"])["valid"]
+        # 6 tokens of a random model hold no call block: BFCL scores that wrong, except where no call is right
+        assert "</tool_call>" not in row["reply"] and row["status"] == "no_block" and row["calls"] is None
+        assert row["valid"] == (row["category"] == "irrelevance"), row
     summary = json.loads((out / "summary.json").read_text())["bfcl"]
     assert summary["categories"]["simple"]["n"] == 2 and summary["categories"]["irrelevance"]["n"] == 2

@@ -103,7 +103,7 @@ def _made_up_predictions(path):
     lines.insert(5, "{not json")                                          # line 6
     lines.insert(10, json.dumps({"reply": "no id"}))                      # line 11
     lines.insert(20, json.dumps({"id": "simple_999999", "reply": ""}))    # line 21: unknown id
-    lines.append(json.dumps({"id": simple[0].id, "reply": "again"}))      # duplicate (the first wins)
+    lines.append(json.dumps({"id": simple[1].id, "reply": "again"}))      # a wrong duplicate of a right reply
     lines.append(json.dumps(["a", "list"]))                               # not an object
     path.write_text("\n".join(lines) + "\n")
     return expected_valid, len(lines)
@@ -120,12 +120,13 @@ def test_cli_scores_a_predictions_file_and_reports_its_problems(tmp_path, capsys
     assert "bad line 11: no string 'id'" in printed.err
     assert f"bad line {n_lines}: not a JSON object" in printed.err
     assert "unknown ids: simple_999999" in printed.err
-    assert f"duplicate id 'simple_0' on line {n_lines - 1}" in printed.err
+    assert f"duplicate id 'simple_1' on line {n_lines - 1}" in printed.err  # and the first, right, reply wins:
     assert "missing ids (scored as wrong): irrelevance_20" in printed.err  # --limit 30 asks for 30 irrelevance
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r for r in rows}
     assert {i: by_id[i]["valid"] for i in expected_valid} == expected_valid
+    assert by_id["simple_1"]["valid"] and by_id["simple_1"]["reply"] != "again"
     assert set(by_id) - set(expected_valid) == {f"irrelevance_{i}" for i in range(20, 30)}
     assert all(not by_id[f"irrelevance_{i}"]["valid"] for i in range(20, 30))
     assert set(rows[0]) >= {"id", "category", "reply", "calls", "valid", "reason"}
@@ -191,3 +192,63 @@ def test_benchmark_files_and_selections_fail_with_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark"):
         datasets.load("toolbench")
     assert {e.benchmark for e in benchmarks.load_examples("all", ["simple", "atom_bool"], 1)} == {"bfcl", "acebench"}
+
+
+def test_hostile_predictions_files_are_reported_with_file_and_line(tmp_path, capsys):
+    example = datasets.load("bfcl", ["simple"], limit=1)[0]
+    path = tmp_path / "pred.jsonl"
+    good = json.dumps({"id": example.id, "reply": eval_variants.oracle_reply(example)}).encode()
+    path.write_bytes(b"\n".join([
+        b'{"id": "x1", "reply": "\\ud800 lone"}',   # line 1: a lone surrogate escape
+        b'{"id": "x2", "reply": "caf\xe9"}',          # line 2: Latin-1, not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,               # line 3: nested past the recursion limit
+        b"",                                           # line 4: blank, skipped
+        b"null",                                       # line 5
+        good,                                          # line 6
+    ]) + b"\n")
+    out = tmp_path / "out"
+    assert cli_main(["eval", "bfcl", "--predictions", str(path), "--out", str(out), "--limit", "1",
+                     "--categories", "simple"]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}: bad line 1: id or reply is not valid Unicode (a lone surrogate)" in err
+    byte = b'{"id": "x2", "reply": "caf\xe9"}'.index(b"\xe9") + 1
+    assert f"{path}: bad line 2: not UTF-8 (byte {byte} of the line)" in err
+    assert f"{path}: bad line 3: not JSON (nested too deeply)" in err
+    assert f"{path}: bad line 5: not a JSON object (NoneType)" in err and "bad line 4" not in err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["id"], r["valid"]) for r in rows] == [(example.id, True)]
+
+    assert cli_main(["eval", "bfcl", "--predictions", str(tmp_path), "--out", str(out)]) == 2
+    assert f"{tmp_path}: is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_limit_must_be_at_least_1(limit, tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text("")
+    assert cli_main(["eval", "bfcl", "--predictions", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"),
+                     "--limit", limit]) == 2
+    assert f"limit must be an integer >= 1 (or None: all), got {limit}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="limit must be"):
+        datasets.load("bfcl", ["simple"], limit=int(limit))
+
+
+def test_outputs_are_strict_json_and_written_whole(tmp_path, monkeypatch):
+    example = datasets.load("bfcl", ["simple"], limit=1)[0]
+    replies = ['<tool_call>[{"name": "f", "arguments": {"x": NaN, "y": -Infinity}}]</tool_call>', "\ud800"]
+    rows = benchmarks.score([example, example], replies)
+    evaluation = benchmarks.Evaluation(rows, {"bfcl": benchmarks.summarize("bfcl", rows)})
+    out = benchmarks.write_outputs(evaluation, tmp_path / "out")
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the output"))  # noqa
+    written = [strict(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written[0]["calls"] == [{"name": "f", "arguments": {"x": None, "y": None}}]
+    assert written[1]["reply"] == "\ud800"  # the lone surrogate as its JSON escape
+    strict((out / "summary.json").read_text())
+
+    # an error while writing leaves the earlier files as they were, and no temporary file behind
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def broken(row):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(benchmarks, "_row_json", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        benchmarks.write_outputs(benchmarks.Evaluation(rows[:1], {}), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

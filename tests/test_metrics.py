@@ -116,3 +116,17 @@ def test_plot_writes_a_png_with_one_panel_per_key(tmp_path):
     assert one.shape[:2] == (240, 700)
     with pytest.raises(ValueError, match=r"no values for \['entropy'\]; it has \['kl', 'lr', 'reward/mean'"):
         metrics.plot(tmp_path, tmp_path / "x.png", keys=("kl", "entropy"))
+
+
+def test_non_finite_values_are_written_as_null(tmp_path):
+    import json as json_lib
+
+    from tooln1_jax.train.metrics import MetricsLogger, read_metrics
+
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        logger.log(1, {"loss": float("nan"), "kl": np.float32("inf"), "reward/mean": 0.5})
+        logger.log_samples(1, [{"reward": float("-inf"), "reply": "x"}])
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        for line in (tmp_path / name).read_text().splitlines():
+            json_lib.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written to {name}"))
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": None, "kl": None, "reward/mean": 0.5}]

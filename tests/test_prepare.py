@@ -127,3 +127,45 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
         prepare.run({"xlam": SAMPLES["xlam"]}, str(tmp_path), test_fraction=1.0)
     with pytest.raises(records.DataError, match="no tokenizer files"):
         prepare.run({"xlam": SAMPLES["xlam"]}, str(tmp_path), tokenizer_dir=str(tmp_path))
+
+
+def test_a_source_that_keeps_nothing_fails_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["prepare-data", "--source", f"xlam={SAMPLES['xlam']}", "--out", str(out),
+                     "--max-prompt-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "source xlam" in err and "kept no example of its 6 rows (dropped: {'prompt_too_long': 6})" in err
+    assert not out.exists()
+
+
+def test_a_directory_mixing_parquet_and_json_is_refused(prepared, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "train.parquet").write_bytes((prepared / "train.parquet").read_bytes())
+    (mixed / "more.json").write_text(Path(SAMPLES["xlam"]).read_text())
+    with pytest.raises(records.DataError, match="mixes parquet and JSON files"):
+        prepare.run({"tooln1": str(mixed)}, str(tmp_path / "out"))
+
+
+def test_outputs_replace_the_old_ones_as_a_whole(prepared, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write = records.write_prepared
+
+    def interrupted_after_train(examples, path, split):
+        write(examples, path, split)
+        if split == "test":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, "write_prepared", interrupted_after_train)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5, seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
+    monkeypatch.setattr(records, "write_prepared", write)
+    prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5, seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != before
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        prepare.run({"xlam": SAMPLES["xlam"]}, str(out))

@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_on_fake_devices, tiny_hf_model
 from tooln1_jax.models import qwen2, weights
-from tooln1_jax.rollout import sampler
+from tooln1_jax.rollout import engine, inference, sampler
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 101, 102, 103, 104], [250, 7, 19, 42]]
 
@@ -133,19 +133,21 @@ def test_sampling_distribution_matches_the_filtered_softmax(loaded, temperature,
 def test_group_samples_differ_and_share_one_prefill(loaded, monkeypatch):
     config, params = loaded
     shapes = []
-    original = qwen2.hidden_states
+    original = inference.forward
 
-    def spy(config, params, tokens, **kw):
-        shapes.append(tokens.shape)
-        return original(config, params, tokens, **kw)
+    def spy(config, w, tokens, positions, caches, width):
+        shapes.append((tokens.shape, caches[0][0].shape))
+        return original(config, w, tokens, positions, caches, width)
 
-    monkeypatch.setattr(qwen2, "hidden_states", spy)
-    sampler._programs.cache_clear()
+    monkeypatch.setattr(inference, "forward", spy)
+    for program in (engine._prefill_program, engine._decode_program):
+        program.cache_clear()
     rollout = sampler.generate(config, params, PROMPTS[:3], num_samples=5, max_new_tokens=16, temperature=1.0,
                                rng=jax.random.key(0), stop_ids=())
-    prefill_rows, decode_rows = shapes[0][0], shapes[1][0]
-    assert shapes[0][1] > 1 and shapes[1][1] == 1
-    assert prefill_rows == 4 and decode_rows == 4 * 5  # P (bucketed 3 -> 4) rows prefilled, P x G decoded
+    (prefill_tokens, prefill_cache), (decode_tokens, decode_cache) = shapes[0], shapes[1]
+    assert len(shapes) == 2  # traced once each: one prefill program, one decode program
+    assert prefill_tokens[1] > 1 and decode_tokens[1] == 1
+    assert prefill_tokens[0] == 4 and decode_tokens[0] == 16  # P (3 -> 4) rows prefilled once; 15 -> 16 slots
     np.testing.assert_array_equal(rollout.prompt_index, np.repeat([0, 1, 2], 5))
     for p in range(3):
         group = {tuple(r) for r in rollout.tokens[p * 5:(p + 1) * 5].tolist()}
@@ -156,15 +158,20 @@ def test_group_samples_differ_and_share_one_prefill(loaded, monkeypatch):
 
 
 def test_prompt_lengths_inside_one_bucket_compile_once(loaded):
+    """Prompt lengths in one 32-token bucket and budgets in one 16-token bucket share their programs: prefill,
+    insert and decode (one span: the live context stays inside the capacity bucket) per slot count."""
     config, params = loaded
     sampler.generate(config, params, [[1] * 17], max_new_tokens=8, temperature=0.0)
     before = sampler.STATS["compiles"]
     for n in range(18, 28):  # ten prompt lengths in the 32-token bucket, and varying new-token counts <= 16
         sampler.generate(config, params, [[1] * n, [2] * (n - 5)], max_new_tokens=8 + n % 8, temperature=0.0)
-    assert sampler.STATS["compiles"] == before + 2  # one prefill + one decode program for batch bucket 2
+    assert sampler.STATS["compiles"] == before + 3  # 2 slots: prefill, insert, decode
     for n in range(18, 28):
         sampler.generate(config, params, [[1] * n], max_new_tokens=8, temperature=0.0)
-    assert sampler.STATS["compiles"] == before + 2
+    assert sampler.STATS["compiles"] == before + 6  # 1 slot: the same three again
+    for n in range(18, 28):
+        sampler.generate(config, params, [[1] * n, [2] * n], max_new_tokens=9, temperature=0.0)
+    assert sampler.STATS["compiles"] == before + 6
 
 
 def test_bad_input_is_a_clear_error(loaded):

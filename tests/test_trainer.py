@@ -72,9 +72,33 @@ def test_memory_knobs_do_not_change_the_math(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
 
 
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
+def test_packed_layout_gives_the_run_of_the_padded_one(tmp_path):
+    """Prefix-shared packing (several groups per row, several micro-batches of rows) changes no number, only the
+    work: fewer computed positions per useful token."""
+    runs = {}
+    for layout in ("padded", "packed"):
+        t = trainer(tiny_config("train.steps=2", "checkpoint.every=100", f"train.layout={layout}",
+                                "train.pack_tokens=96"), tmp_path / layout)
+        runs[layout] = t.run(progress=False)
+        t.close()
+    for a, b in zip(runs["padded"], runs["packed"]):
+        assert a["reward/mean"] == b["reward/mean"]  # identical samples
+        for key in ("loss", "pg_loss", "kl", "grad_norm", "entropy", "clip_frac"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+        assert b["layout/computed_per_useful"] < a["layout/computed_per_useful"]
+        assert 0.0 <= b["layout/padding_frac"] < a["layout/padding_frac"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(history, run directory) of the 6-step script run the interrupted runs are compared with."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "full"
+    return _run_script(run_dir, "--set=train.steps=6"), run_dir
+
+
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     steps = 6
-    full = _run_script(tmp_path / "full", f"--set=train.steps={steps}")
+    full, full_dir = uninterrupted
 
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, HELPER, str(run_dir), f"--set=train.steps={steps}"], cwd=REPO,
@@ -94,13 +118,13 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
 
     from tooln1_jax.train import checkpoint
 
-    _, a = checkpoint.load_model(tmp_path / "full")
+    _, a = checkpoint.load_model(full_dir)
     _, b = checkpoint.load_model(run_dir)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # the metrics file of the resumed run reads like the uninterrupted one's
     lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
-    assert lines(run_dir) == lines(tmp_path / "full")
+    assert lines(run_dir) == lines(full_dir)
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path):
@@ -200,3 +224,80 @@ def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
     assert result.returncode != 0
     assert "train.micro_batch_size = 4 does not divide over the 8 devices" in result.stderr
+
+
+def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
+    """SIGTERM after step 2 of 6 (during step 3's rollout): step 3 is abandoned, a checkpoint of step 2 is written,
+    the exit status is EXIT_INTERRUPTED; --resume finishes at step 6 with the uninterrupted run's parameters."""
+    from tooln1_jax.train import checkpoint
+    from tooln1_jax.train.preemption import EXIT_INTERRUPTED
+
+    full, full_dir = uninterrupted  # checkpoints every step there: the same math
+    steps = ["--set=train.steps=6", "--set=checkpoint.every=100"]  # no scheduled checkpoint before the last step
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, HELPER, str(run_dir), *steps, "--reward-seconds=1.5"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while '"step": 2' not in ((run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").exists()
+                              else ""):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "SIGTERM" in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2"]
+    assert len(json.loads(out.split("HISTORY ", 1)[1])) == 2
+
+    resumed = _run_script(run_dir, "--resume", *steps)
+    assert len(resumed) == 4
+    assert _comparable(resumed[-1]) == _comparable(full[-1])
+    _, a = checkpoint.load_model(full_dir)
+    _, b = checkpoint.load_model(run_dir)
+    assert checkpoint.Checkpoints(run_dir, read_only=True).latest_step() == 6
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
+    assert lines(run_dir) == lines(full_dir)
+
+
+def test_a_signal_between_steps_stops_after_saving_that_step(tmp_path):
+    """In process: the signal handler only sets a flag; the loop saves the finished step and returns."""
+    import os
+
+    t = trainer(tiny_config("train.steps=4", "checkpoint.every=100"), tmp_path / "run")
+    train_step = t.train_step
+
+    def step_then_signal():
+        result = train_step()
+        if t.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # lands after the step's work, before the loop's check
+        return result
+
+    t.train_step = step_then_signal
+    history = t.run(progress=False)
+    t.close()
+    assert t.interrupted == "SIGINT" and t.step == 1 and len(history) == 1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_metrics_without_a_checkpoint_are_refused_at_start_without_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n')
+    with pytest.raises(FileExistsError, match="metrics of an earlier run but no checkpoint"):
+        trainer(tiny_config("train.steps=3"), run_dir)
+
+
+def test_unfinished_orbax_saves_are_removed_at_start(tmp_path):
+    from tooln1_jax.train import checkpoint
+
+    stale = [tmp_path / "run" / "checkpoints" / name for name in ("3.orbax-checkpoint-tmp",
+                                                                  "4.orbax-checkpoint-tmp-1712345678")]
+    for path in stale:
+        (path / "params").mkdir(parents=True)
+        (path / "params" / "data").write_bytes(b"x" * 100)
+    checkpoint.Checkpoints(tmp_path / "run").close()
+    assert not any(path.exists() for path in stale)
+    assert (tmp_path / "run" / "checkpoints").is_dir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +67,25 @@ def main():
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--prompt-len-max", type=int, default=8)
+    parser.add_argument("--reward-seconds", type=float, default=0.0, help="slow every reward call down (signals)")
     args = parser.parse_args()
+
+    def reward_fn(*batch):
+        time.sleep(args.reward_seconds)
+        return digit_reward(*batch)
+
     t = trainer(tiny_config(*args.overrides), args.run_dir, resume=args.resume,
-                records=synthetic_records(max_len=args.prompt_len_max))
+                records=synthetic_records(max_len=args.prompt_len_max), reward_fn=reward_fn)
     history = t.run(progress=False)
     t.close()
     import jax
 
     if jax.process_index() == 0:
         print("HISTORY " + json.dumps(history))
+    if t.interrupted:
+        from tooln1_jax.train.preemption import EXIT_INTERRUPTED
+
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ value of the wrong type is an error that names the key and the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tooln1_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +34,8 @@ class ModelConfig:
     init_seed: int = 0
     dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
     param_dtype: str = "float32"
-    remat: bool = False  # recompute layer activations in the backward pass
+    remat: bool | str = False  # backward recomputation: none (= false), dots (keep matmul outputs), full (= true)
+    attention: str = "auto"  # training attention: auto | dense | blockwise | xla | cudnn (models/attention.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     prompts_per_call: int = 0  # prompts per sampler call, all hosts together (bounds the KV cache); 0 = the batch
+    num_slots: int = 0  # decode slots per process (continuous batching); 0 = one per sample of a call
+    chunk_steps: int = 16  # decode steps per compiled chunk (the host refills slots between chunks)
+    inference_dtype: str = ""  # dtype of the rollout's weight copy: "" = model.dtype, or float32 | bfloat16
+    inference_fsdp: bool = False  # keep the FSDP axis on the rollout's weight copy (less memory, gathers per token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +76,7 @@ class GRPOConfig:
     entropy_coef: float = 0.0
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
     reward: str = "binary"  # binary | binary_no_think | think_partial | name_partial
+    ref_dtype: str = "param"  # the frozen reference model's weights: param (model.param_dtype) | compute (model.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +96,10 @@ class TrainConfig:
     steps: int = 10  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation)
+    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
+    layout: str = "packed"  # packed (prefix-shared groups, train/packing.py) | padded (one row per reply)
+    pack_tokens: int = 2048  # packed layout: row length budget (a longer group gets a row of its own length)
+    micro_batch_rows: int = 0  # packed rows per forward/backward pass; 0 = one per device of the batch axes
     seed: int = 0
     log_every: int = 1
     sample_every: int = 2  # log a few sample replies every N steps (0: never)
@@ -147,6 +159,117 @@ class ConfigError(ValueError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: finite and within low..high (an end excluded when `*_open`), or one
+    of `also` (special values such as -1 = auto)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def allows(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return not (isinstance(value, float) and not math.isfinite(value)) and above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else "finite"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return " or ".join([*map(str, self.also), text])
+
+
+POSITIVE_INT = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+PROBABILITY = Range(0, 1, low_open=True)  # (0, 1]
+UNIT_OPEN = Range(0, 1, high_open=True)  # [0, 1)
+FINITE = Range()
+MESH_AXIS = Range(1, also=(-1,))  # -1: the devices left over (at most one axis)
+
+# One line per numeric field: its allowed values (None always passes where the type allows it). A numeric field
+# missing here is an error of its own (tests/test_configs.py), so every new field gets a line.
+RANGES = {
+    "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
+    "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT, "model.vocab_size": POSITIVE_INT,
+    "model.init_seed": NON_NEGATIVE,
+    "data.max_prompt_tokens": POSITIVE_INT,
+    "data.num_epochs": POSITIVE_INT,
+    "rollout.num_generations": Range(2),  # group advantages need two replies
+    "rollout.max_new_tokens": POSITIVE_INT,
+    "rollout.temperature": POSITIVE,
+    "rollout.top_p": PROBABILITY,
+    "rollout.top_k": NON_NEGATIVE,  # 0: off
+    "rollout.prompts_per_call": NON_NEGATIVE,  # 0: the whole batch
+    "rollout.num_slots": NON_NEGATIVE,  # 0: one slot per sample of a call
+    "rollout.chunk_steps": POSITIVE_INT,
+    "grpo.beta": NON_NEGATIVE,  # 0: no reference model
+    "grpo.epsilon": POSITIVE,
+    "grpo.epsilon_high": POSITIVE,
+    "grpo.dual_clip": Range(1, low_open=True),
+    "grpo.entropy_coef": FINITE,
+    "optim.lr": POSITIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.b1": UNIT_OPEN,
+    "optim.b2": UNIT_OPEN,
+    "optim.eps": POSITIVE,
+    "optim.max_grad_norm": POSITIVE,
+    "train.steps": POSITIVE_INT,
+    "train.batch_size": POSITIVE_INT,
+    "train.mini_batch_size": POSITIVE_INT,
+    "train.micro_batch_size": POSITIVE_INT,
+    "train.seed": NON_NEGATIVE,
+    "train.log_every": POSITIVE_INT,
+    "train.sample_every": NON_NEGATIVE,  # 0: never
+    "train.eval_every": NON_NEGATIVE,  # 0: never
+    "train.eval_size": NON_NEGATIVE,
+    "train.reward_workers": NON_NEGATIVE,  # 0: in the training process
+    "train.pack_tokens": NON_NEGATIVE,  # packed row budget
+    "train.micro_batch_rows": NON_NEGATIVE,  # 0: one packed row per device of the batch axes
+    "checkpoint.every": POSITIVE_INT,
+    "checkpoint.keep": POSITIVE_INT,
+    "sft.max_seq_len": POSITIVE_INT,
+    "sft.warm_start_steps": NON_NEGATIVE,  # 0: GRPO from the loaded policy
+    "sft.warm_start_lr": POSITIVE,
+    "mesh.data": MESH_AXIS,
+    "mesh.fsdp": MESH_AXIS,
+    "mesh.tensor": MESH_AXIS,
+    "mesh.num_processes": POSITIVE_INT,
+    "mesh.process_id": NON_NEGATIVE,
+}
+
+
+def numeric_fields(cls=None, prefix: str = "") -> list[str]:
+    """Dotted names of every int or float field (also optional ones) of the config."""
+    cls = cls or RunConfig
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            out += numeric_fields(hint, key + ".")
+        elif {int, float} & set(typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)):
+            out.append(key)
+    return out
+
+
+def check_ranges(config: RunConfig) -> None:
+    """Every numeric value within its `RANGES` entry; else a ConfigError naming the key and the allowed values."""
+    for key in numeric_fields():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if key not in RANGES:
+            raise ConfigError(f"{key} has no allowed range in config.RANGES (add one line there)")
+        if value is not None and not RANGES[key].allows(value):
+            raise ConfigError(f"{key} must be {RANGES[key]}, got {value!r}")
+
+
 def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
     """The value, if it fits the annotation (int accepted for float); else a ConfigError naming the key."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
@@ -197,7 +320,10 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=2e-6")
-    value = _numbers_from_strings(yaml.safe_load(raw)) if raw.strip() else None
+    try:
+        value = _numbers_from_strings(_safe_load(raw)) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: not valid YAML ({e})") from None
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -215,13 +341,38 @@ def _looks_numeric(text: str) -> bool:
         return False
 
 
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key, line: int):
+        super().__init__(f"line {line}: repeated key {key!r}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with a repeated key (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _RepeatedKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = _safe_load(text) or {}
+    except _RepeatedKey as e:
+        raise ConfigError(f"{path}:{e.line}: repeated key {e.key!r}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     return _numbers_from_strings(data)
@@ -252,43 +403,34 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig
 
 
 def validate(config: RunConfig) -> None:
-    """Cross-field checks, before any long work starts."""
+    """Ranges of every value, then cross-field checks, before any long work starts."""
+    check_ranges(config)
     t, r, g = config.train, config.rollout, config.grpo
-    if t.steps < 1 or t.batch_size < 1 or t.mini_batch_size < 1 or t.micro_batch_size < 1:
-        raise ConfigError("train.steps, batch_size, mini_batch_size and micro_batch_size must be >= 1")
     if t.batch_size % t.mini_batch_size:
         raise ConfigError(f"train.batch_size {t.batch_size} is not a multiple of train.mini_batch_size "
                           f"{t.mini_batch_size}")
     if (t.mini_batch_size * r.num_generations) % t.micro_batch_size:
         raise ConfigError(f"a mini-batch of {t.mini_batch_size} prompts x {r.num_generations} generations is not "
                           f"a multiple of train.micro_batch_size {t.micro_batch_size}")
-    if r.num_generations < 2:
-        raise ConfigError(f"rollout.num_generations must be >= 2 for group advantages, got {r.num_generations}")
-    if r.max_new_tokens < 1:
-        raise ConfigError(f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
-    if r.prompts_per_call < 0:
-        raise ConfigError(f"rollout.prompts_per_call must be >= 0 (0 = the whole batch), got {r.prompts_per_call}")
-    if config.sft.warm_start_steps < 0:
-        raise ConfigError(f"sft.warm_start_steps must be >= 0, got {config.sft.warm_start_steps}")
-    if config.sft.warm_start_steps and not config.sft.warm_start_lr > 0:
-        raise ConfigError(f"sft.warm_start_lr must be > 0, got {config.sft.warm_start_lr}")
-    if config.sft.warm_start_steps and t.batch_size % t.micro_batch_size:
+    if config.model.remat not in (False, True, "none", "dots", "full"):
+        raise ConfigError(f"model.remat must be one of false, true, none, dots, full; got {config.model.remat!r}")
+    if config.sft.warm_start_steps and t.layout == "padded" and t.batch_size % t.micro_batch_size:
         raise ConfigError(f"the warm start's batches of train.batch_size {t.batch_size} records are not a multiple "
                           f"of train.micro_batch_size {t.micro_batch_size}")
-    if r.temperature <= 0:
-        raise ConfigError(f"rollout.temperature must be > 0 for GRPO sampling, got {r.temperature}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
                "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")),
                "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
-               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16"))}
+               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
+               "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16")),
+               "model.attention": (config.model.attention, ("auto", "dense", "blockwise", "xla", "cudnn")),
+               "train.layout": (t.layout, ("packed", "padded")),
+               "grpo.ref_dtype": (g.ref_dtype, ("param", "compute"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def dump(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    files.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -173,6 +173,7 @@ def run(args: argparse.Namespace, out=None) -> None:
     prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"]
                   for text in build_prompts(conversations, tokenizer)]
     config, params = checkpoint.load_model(args.model, dtype=args.dtype)
+    params = sampler.prepare(config, params)  # the decode layout, made once (the loaded tree is dropped)
     stop_ids = sampler.DEFAULT_STOP_IDS
     key = jax.random.key(args.seed)
     with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", file=sys.stderr, disable=None) as bar:

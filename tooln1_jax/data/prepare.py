@@ -14,10 +14,11 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from tooln1_jax import assets
+from tooln1_jax import assets, files
 from tooln1_jax.data import prompts, records
 
 DUPLICATE_ID = "duplicate_id"
+OUTPUTS = ("train.parquet", "test.parquet", "stats.json")
 SAMPLE_FILES = {
     "sharegpt": ("samples", "glaive_toolcall_en_demo.json"),
     "xlam": ("samples", "xlam_sample.json"),
@@ -100,6 +101,9 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
         }
         stats["sources"][kind] = source_stats
         print(_source_line(kind, source_stats), flush=True)
+        if not kept:
+            raise records.DataError(f"source {kind} ({sources[kind]}) kept no example of its {converted.rows} rows "
+                                    f"(dropped: {source_stats['dropped'] or 'none'}); nothing written")
 
     total_dropped = Counter()
     for s in stats["sources"].values():
@@ -109,10 +113,10 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
     stats["total"]["dropped"] = dict(sorted(total_dropped.items()))
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, examples in splits.items():
-        records.write_prepared(examples, out_dir / f"{split}.parquet", split)
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with files.replace_dir(out_dir, expected=OUTPUTS) as tmp:  # train and test of one run, or the old ones
+        for split, examples in splits.items():
+            records.write_prepared(examples, tmp / f"{split}.parquet", split)
+        (tmp / "stats.json").write_text(files.strict_json(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     t = stats["total"]
     print(f"{'total':>9}: {t['rows']} rows -> {t['examples']} examples -> kept {t['kept']} "
           f"(train {t['train']}, test {t['test']}); dropped {sum(total_dropped.values())}; wrote {out_dir}/"

@@ -117,10 +117,16 @@ _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parque
 
 
 def _read_local(path: Path) -> list:
-    if path.is_dir():  # its parquet files (e.g. train/test.parquet), else its JSON / JSONL files
-        files = sorted(path.glob("*.parquet")) or sorted(p for p in path.iterdir() if p.suffix in LOCAL_SUFFIXES)
+    if path.is_dir():  # its parquet files (e.g. train/test.parquet), or its JSON / JSONL files
+        files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_SUFFIXES and p.is_file())
+        parquet = [p for p in files if p.suffix == ".parquet"]
+        if parquet:  # a prepare-data output directory: its stats.json is no data
+            files = [p for p in files if p.suffix == ".parquet" or p.name != "stats.json"]
         if not files:
             raise DataError(f"{path}: directory holds no {'/'.join(LOCAL_SUFFIXES)} files")
+        if parquet and len(parquet) < len(files):
+            names = ", ".join(p.name for p in files[:6])
+            raise DataError(f"{path}: directory mixes parquet and JSON files ({names}); give one kind per source")
         return [row for f in files for row in _read_local(f)]
     if path.suffix not in _READERS:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected one of {LOCAL_SUFFIXES})")

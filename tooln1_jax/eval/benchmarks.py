@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from tooln1_jax import files
 from tooln1_jax.eval import datasets, report
 from tooln1_jax.eval.checkers import acebench, apibank, bfcl
 from tooln1_jax.eval.checkers.common import Verdict, calls_from_records
@@ -160,6 +161,7 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
     from tooln1_jax.rollout import sampler
 
     stop_ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    params = sampler.prepare(config, params)  # the decode layout, made once for every batch
 
     def replies(prompts: list[str]) -> list[str]:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -235,20 +237,22 @@ def load_examples(benchmark: str, categories: list[str] | None = None, limit: in
 def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list]]:
     """{id: reply} from a JSONL file, and the problems: bad lines (with their numbers) and duplicate ids.
 
-    A line that is not a JSON object with a string `id` and a string `reply` is reported and skipped; of
-    duplicate ids the first line wins and the others are reported.
+    A line that is not UTF-8, not a JSON object with a string `id` and a string `reply`, or whose strings are not
+    valid Unicode (a lone surrogate escape), is reported and skipped; of duplicate ids the first line wins and the
+    others are reported. A path that is not a readable file is an error naming it.
     """
     replies: dict[str, str] = {}
     first_line: dict[str, int] = {}
     bad_lines, duplicates = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: is a directory; --predictions takes a JSONL file (one object per line)")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            row, error = _prediction_line(raw)
+            if error:
+                bad_lines.append({"line": number, "error": error})
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad_lines.append({"line": number, "error": f"not JSON ({e.msg})"})
+            if row is _BLANK:
                 continue
             if not isinstance(row, dict):
                 bad_lines.append({"line": number, "error": f"not a JSON object ({type(row).__name__})"})
@@ -256,12 +260,41 @@ def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
                 bad_lines.append({"line": number, "error": "no string 'id'"})
             elif not isinstance(row.get("reply"), str):
                 bad_lines.append({"line": number, "error": f"id {row['id']!r}: no string 'reply'"})
+            elif not (_is_unicode(row["id"]) and _is_unicode(row["reply"])):
+                bad_lines.append({"line": number, "error": "id or reply is not valid Unicode (a lone surrogate)"})
             elif row["id"] in replies:
                 duplicates.append({"line": number, "id": row["id"], "first_line": first_line[row["id"]]})
             else:
                 replies[row["id"]] = row["reply"]
                 first_line[row["id"]] = number
-    return replies, {"bad_lines": bad_lines, "duplicate_ids": duplicates}
+    return replies, {"file": str(path), "bad_lines": bad_lines, "duplicate_ids": duplicates}
+
+
+_BLANK = object()
+
+
+def _prediction_line(raw: bytes) -> tuple[Any, str | None]:
+    """(decoded JSON, or _BLANK for a blank line; error or None) of one line of a predictions file."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 (byte {e.start + 1} of the line)"
+    if not line.strip():
+        return _BLANK, None
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg})"
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: list[str] | None = None,
@@ -308,10 +341,11 @@ def _missing_row(example: Example) -> dict:
 def problems_text(problems: dict[str, Any], limit: int = 20) -> str:
     """The predictions problems, one block per kind, at most `limit` entries each."""
     lines = []
+    where = problems.get("file", "predictions")
     for line in problems.get("bad_lines", [])[:limit]:
-        lines.append(f"bad line {line['line']}: {line['error']}")
+        lines.append(f"{where}: bad line {line['line']}: {line['error']}")
     for d in problems.get("duplicate_ids", [])[:limit]:
-        lines.append(f"duplicate id {d['id']!r} on line {d['line']} (first on line {d['first_line']}; kept)")
+        lines.append(f"{where}: duplicate id {d['id']!r} on line {d['line']} (first on line {d['first_line']}; kept)")
     for kind, label in (("unknown_ids", "unknown ids"), ("missing_ids", "missing ids (scored as wrong)"),
                         ("categories_without_predictions", "categories without predictions (not scored)")):
         items = problems.get(kind, [])
@@ -327,17 +361,26 @@ def problems_text(problems: dict[str, Any], limit: int = 20) -> str:
 # ------------------------------------------------------------------------------------------------ outputs, CLI
 
 def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> Path:
+    """results.jsonl, summary.json and summary.md, each written whole or not at all, strict JSON (NaN -> null)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.jsonl", "w", encoding="utf-8") as f:
+    # backslashreplace: a lone surrogate in a model's reply becomes its JSON escape \udXXX, still valid JSON
+    with files.open_atomic(out / "results.jsonl", errors="backslashreplace") as f:
         for row in evaluation.rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(_row_json(row) + "\n")
     summary = dict(evaluation.summaries)
     if evaluation.problems:
         summary["predictions_problems"] = evaluation.problems
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(report.markdown(evaluation.summaries) + "\n", encoding="utf-8")
+    files.write_text(out / "summary.json", files.strict_json(summary, indent=2) + "\n")
+    files.write_text(out / "summary.md", report.markdown(evaluation.summaries) + "\n")
     return out
+
+
+def _row_json(row: dict) -> str:
+    try:
+        return files.strict_json(row, ensure_ascii=False)
+    except RecursionError:  # decoded calls nested past the recursion limit: the reply text keeps them
+        return files.strict_json({**row, "calls": None}, ensure_ascii=False)
 
 
 def run_cli(args) -> None:

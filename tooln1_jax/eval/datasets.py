@@ -62,7 +62,9 @@ def categories_of(benchmark: str) -> tuple[str, ...]:
 
 
 def load(benchmark: str, categories: list[str] | None = None, limit: int | None = None) -> list[Example]:
-    """Examples of `benchmark` (all categories unless some are named), at most `limit` per category."""
+    """Examples of `benchmark` (all categories unless some are named), at most `limit` (>= 1) per category."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 (or None: all), got {limit!r}")
     known = categories_of(benchmark)
     wanted = list(known) if not categories else list(categories)
     unknown = [c for c in wanted if c not in known]

@@ -10,7 +10,8 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads
 
 Attention works on "slots": without a cache the slots are the input positions; with a `KVCache` the new tokens are
 written at slots `[cache.index, cache.index + T)` and attend to every earlier valid slot. Rotary positions are
-explicit per token, so left-padded, right-padded and cached batches all get the right positions.
+explicit per token, so left-padded, right-padded and cached batches all get the right positions. Packed training
+rows (no cache) give `segment_ids`/`prefix_ids` instead, and attention goes through `models/attention.py`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1_jax.models import attention
 from tooln1_jax.parallel import constrain
 
 Params = Any
 HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
+REMAT_POLICIES = (False, True, "none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,8 @@ class Qwen2Config:
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    remat: bool = False  # recompute layer activations in the backward pass (training memory)
+    remat: bool | str = False  # backward-pass recomputation: none/False, dots (keep matmul outputs), full/True
+    attention: str = "auto"  # no-cache attention with segment/prefix ids: see models/attention.py
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -60,9 +64,17 @@ class Qwen2Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {', '.join(map(str, REMAT_POLICIES))}, got {self.remat!r}")
+        attention.resolve(self.attention)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+
+    @property
+    def remat_policy(self) -> str:
+        """"none", "dots" or "full" (True/False are the older spelling of full/none)."""
+        return {True: "full", False: "none"}.get(self.remat, self.remat)
 
     def replace(self, **changes) -> "Qwen2Config":
         return dataclasses.replace(self, **changes)
@@ -233,15 +245,22 @@ class Attention(nn.Module):
             cache_kv = (cache_k, cache_v)
 
         b, t = q.shape[:2]
+        if isinstance(mask, tuple):  # (segment_ids, prefix_ids) of packed rows, no cache
+            out = attention.attend(q, k, v, *mask, implementation=c.attention)
+            return self._out(constrain(out, heads_axes)), cache_kv
         q = q.reshape(b, t, kv, h // kv, d)  # query heads grouped by the KV head they share
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
         out = constrain(jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d), heads_axes)
-        out = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
-                              param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
-                              name="o_proj")(out)
-        return out, cache_kv
+        return self._out(out), cache_kv
+
+    @nn.nowrap
+    def _out(self, out):
+        c = self.config
+        return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
+                               param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
+                               name="o_proj")(out)
 
 
 class MLP(nn.Module):
@@ -283,7 +302,7 @@ class Qwen2Model(nn.Module):
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, tokens, positions, attention_mask, cache: KVCache | None):
+    def __call__(self, tokens, positions, attention_mask, cache: KVCache | None, segment_ids=None, prefix_ids=None):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_init(c, ("vocab", "embed")), name="embed_tokens")
@@ -299,9 +318,16 @@ class Qwen2Model(nn.Module):
             query_slots = write_index + jnp.arange(t)
         key_slots = jnp.arange(valid.shape[1])
         mask = (key_slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
+        if segment_ids is not None:  # packed rows: the attention kernel builds the mask from the ids
+            if cache is not None:
+                raise ValueError("segment_ids/prefix_ids are for the no-cache (training) path only")
+            mask = (segment_ids, prefix_ids)
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
 
-        layer_cls = nn.remat(DecoderLayer, prevent_cse=False) if c.remat else DecoderLayer
+        layer_cls = DecoderLayer
+        if c.remat_policy != "none":
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if c.remat_policy == "dots" else None
+            layer_cls = nn.remat(DecoderLayer, prevent_cse=False, policy=policy)
         layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                          length=c.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
@@ -330,8 +356,9 @@ class Qwen2ForCausalLM(nn.Module):
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, tokens, positions, attention_mask, cache=None):
-        hidden, cache = Qwen2Model(self.config, name="model")(tokens, positions, attention_mask, cache)
+    def __call__(self, tokens, positions, attention_mask, cache=None, segment_ids=None, prefix_ids=None):
+        hidden, cache = Qwen2Model(self.config, name="model")(tokens, positions, attention_mask, cache, segment_ids,
+                                                              prefix_ids)
         if not self.config.tie_word_embeddings:
             LMHead(self.config, name="lm_head")()  # created at init; applied by `apply_head`
         return hidden, cache
@@ -345,9 +372,19 @@ def _default_positions(attention_mask: jax.Array, cache: KVCache | None) -> jax.
 
 
 def hidden_states(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-                  attention_mask: jax.Array | None = None, cache: KVCache | None = None):
-    """Final normalised hidden states [B, T, E] (compute dtype) and the updated cache."""
+                  attention_mask: jax.Array | None = None, cache: KVCache | None = None,
+                  segment_ids: jax.Array | None = None, prefix_ids: jax.Array | None = None):
+    """Final normalised hidden states [B, T, E] (compute dtype) and the updated cache.
+
+    Packed rows (no cache): `segment_ids` and `prefix_ids` [B, T] give the mask (models/attention.py) instead of
+    `attention_mask`, and `positions` must be given."""
     tokens = jnp.asarray(tokens, jnp.int32)
+    if segment_ids is not None:
+        if positions is None or prefix_ids is None:
+            raise ValueError("packed rows need positions, segment_ids and prefix_ids together")
+        ids = (jnp.asarray(segment_ids, jnp.int32), jnp.asarray(prefix_ids, jnp.int32))
+        return Qwen2ForCausalLM(config).apply({"params": params}, tokens, jnp.asarray(positions, jnp.int32),
+                                              jnp.ones(tokens.shape, bool), cache, *ids)
     mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     if positions is None:
         positions = _default_positions(mask, cache)
@@ -366,14 +403,15 @@ def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Ar
 
 
 def forward(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-            attention_mask: jax.Array | None = None, cache: KVCache | None = None):
+            attention_mask: jax.Array | None = None, cache: KVCache | None = None,
+            segment_ids: jax.Array | None = None, prefix_ids: jax.Array | None = None):
     """Logits float32 [B, T, V] and the updated cache (None when no cache was given).
 
     tokens int32 [B, T]; attention_mask 1 for real tokens (default: all real); positions int32 [B, T] (default: the
     count of real tokens before each one, so left and right padding both work).
     """
     hidden, cache = hidden_states(config, params, tokens, positions=positions, attention_mask=attention_mask,
-                                  cache=cache)
+                                  cache=cache, segment_ids=segment_ids, prefix_ids=prefix_ids)
     return apply_head(config, params, hidden), cache
 
 

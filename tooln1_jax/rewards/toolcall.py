@@ -16,7 +16,6 @@ are free, types are not (5, 5.0 and "5" all differ).
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,7 @@ BAD_JSON = "bad_json"  # the block (or its double-encoded string) does not decod
 BAD_STRUCTURE = "bad_structure"  # decodes, but is not a list of {"name", "arguments"} objects
 
 _ASSISTANT_MARKER = "<|im_start|>assistant"
-_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _DECODE_ERRORS = (ValueError, RecursionError)  # json.JSONDecodeError is a ValueError
 
 
@@ -51,6 +49,28 @@ def reply_text(reply: str) -> str:
     """The assistant part of a reply: from the last "<|im_start|>assistant" marker on, or all of it."""
     index = reply.rfind(_ASSISTANT_MARKER)
     return reply[index:] if index != -1 else reply
+
+
+def _between(text: str, open_tag: str, close_tag: str, start: int = 0) -> tuple[str, int] | None:
+    """(content, end) of the first `open_tag ... close_tag` at or after `start` (the shortest), else None.
+
+    The regex `open(.*?)close` semantics in one pass: when the first opening tag has no close after it, no later
+    one has either (the regex would rescan the rest of the text from each of them: quadratic on tag floods).
+    """
+    i = text.find(open_tag, start)
+    if i == -1:
+        return None
+    j = text.find(close_tag, i + len(open_tag))
+    return None if j == -1 else (text[i + len(open_tag):j], j + len(close_tag))
+
+
+def _blocks(text: str) -> list[str]:
+    """The contents of every `<tool_call>...</tool_call>` block, as `re.findall` of the lazy pattern reads them."""
+    out, start = [], 0
+    while (found := _between(text, _OPEN, _CLOSE, start)) is not None:
+        content, start = found
+        out.append(content)
+    return out
 
 
 def _decode_block(content: str) -> tuple[str, Any]:
@@ -78,10 +98,10 @@ def parse_reply(reply: str, block: str = "last") -> ParsedReply:
         raise ValueError(f"block must be 'first' or 'last', got {block!r}")
     text = reply_text(reply) if isinstance(reply, str) else ""
     has_think = "<think>" in text and "</think>" in text
-    think_match = _THINK.search(text)
-    think = think_match.group(1) if think_match else None
+    think_match = _between(text, "<think>", "</think>")
+    think = think_match[0] if think_match else None
 
-    blocks = _BLOCK.findall(text)
+    blocks = _blocks(text)
     if not blocks:
         return ParsedReply(text, has_think, think, None, NO_BLOCK)
     status, value = _decode_block(blocks[0] if block == "first" else blocks[-1])
@@ -125,6 +145,13 @@ def match_level(calls: list, answer: list) -> int:
     except (TypeError, ValueError, RecursionError):  # unhashable name, unserialisable arguments
         return 0
     return 0
+
+
+def score_details(reply: str, answer: list | str, variant: str = "binary") -> tuple[float, bool, bool]:
+    """(reward, exact match of the calls, well-formed: think tags + a decodable call block) of one reply."""
+    parsed = parse_reply(reply)
+    exact = parsed.calls is not None and match_level(parsed.calls, answer) == 2
+    return score(reply, answer, variant), exact, parsed.status == OK and parsed.has_think
 
 
 def score(reply: str, answer: list | str, variant: str = "binary") -> float:

@@ -8,6 +8,7 @@ run directory or one step directory, for evaluation, generation and `tooln1 expo
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -19,6 +20,7 @@ from tooln1_jax.models.qwen2 import Qwen2Config
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"  # "<step>.orbax-checkpoint-tmp[-<timestamp>]"
 
 
 def _abstract(tree):
@@ -40,6 +42,8 @@ class Checkpoints:
 
     def __init__(self, run_dir: str | Path, *, keep: int = 2, async_save: bool = True, read_only: bool = False):
         self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+        if not read_only and jax.process_index() == 0:
+            remove_unfinished(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                create=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -75,6 +79,16 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def remove_unfinished(directory: Path) -> list[Path]:
+    """Delete the temporary directories of saves that never finished (a killed run leaves a full copy of the
+    model and optimizer state there; orbax never reads or removes them). Returns what was removed."""
+    stale = sorted(directory.glob(TMP_PATTERN)) if directory.is_dir() else []
+    for path in stale:
+        log.warning("removing the unfinished checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 
 from tooln1_jax import config as config_lib
 
@@ -26,6 +27,12 @@ def run(command: str, *, config_path: str | None = None, overrides: list[str] = 
         history = trainer.run()
     finally:
         trainer.close()
+    if trainer.interrupted:
+        from tooln1_jax.train import preemption
+
+        print(f"stopped by {trainer.interrupted}: {cfg.train.run_dir} saved at step {trainer.step}; continue with "
+              f"--resume (exit status {preemption.EXIT_INTERRUPTED})", file=sys.stderr)
+        raise SystemExit(preemption.EXIT_INTERRUPTED)
     last = history[-1] if history else {}
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()
              if k.startswith(("reward/", "val/", "loss", "kl"))}

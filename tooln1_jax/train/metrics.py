@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tooln1_jax.files import strict_json
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -151,7 +153,7 @@ class _StepFile:
                              "when resuming a run pass resume_step so later lines are dropped first")
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, default=_json_default) + "\n")
+        self._file.write(strict_json(record, default=_json_default) + "\n")  # NaN/Infinity -> null
         self._file.flush()
         self.last_step = step
 

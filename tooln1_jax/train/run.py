@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax import assets, parallel
-from tooln1_jax.config import RunConfig, dump
+from tooln1_jax.config import RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
 from tooln1_jax.models import presets, qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import checkpoint
-from tooln1_jax.train.metrics import MetricsLogger, plot
+from tooln1_jax.train import checkpoint, preemption
+from tooln1_jax.train.metrics import METRICS_FILE, MetricsLogger, plot
 from tooln1_jax.train.sequences import Packed, pack
 from tooln1_jax.train.step import StepFunctions, make_optimizer
 
@@ -31,7 +31,7 @@ def build_config(cfg: RunConfig) -> Qwen2Config:
     """The model config alone (reads only config.json or the GGUF header), to check things before loading."""
     m = cfg.model
     runtime = {"dtype": weights.default_dtype() if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
-               "remat": m.remat}
+               "remat": m.remat, "attention": m.attention}
     if m.path:
         source = weights.open_source(m.path)
         return Qwen2Config.from_hf(source.hf_config, source=str(getattr(source, "hf_config_path", m.path)), **runtime)
@@ -60,9 +60,11 @@ def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[
 
 def score_reply(reply: str, answer, variant: str = "binary") -> tuple[float, bool, bool]:
     """(reward, exact match of the calls, well-formed: think tags + a decodable call block)."""
-    parsed = toolcall.parse_reply(reply)
-    exact = parsed.calls is not None and toolcall.match_level(parsed.calls, answer) == 2
-    return toolcall.score(reply, answer, variant), exact, parsed.status == toolcall.OK and parsed.has_think
+    return toolcall.score_details(reply, answer, variant)
+
+
+class StepAbandoned(Exception):
+    """Raised inside a step, before it changes any state, when the run is asked to stop."""
 
 
 @dataclasses.dataclass
@@ -78,6 +80,7 @@ class TrainingRun:
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
+        validate(cfg)  # ranges and cross-field rules, also for configs built in code
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.run_dir)
         t = cfg.train
@@ -106,6 +109,10 @@ class TrainingRun:
         latest = self.checkpoints.latest_step() if resume else None
         if not resume and self.checkpoints.latest_step() is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                                  "or choose another --run-dir")
+        if not resume and (self.run_dir / METRICS_FILE).is_file() and (self.run_dir / METRICS_FILE).stat().st_size:
+            raise FileExistsError(f"{self.run_dir} holds the metrics of an earlier run but no checkpoint (stopped "
+                                  "before its first one?): pass --resume to start it again from step 0 in place, "
                                   "or choose another --run-dir")
         self.model_config = build_config(cfg)
         if latest is not None:  # before any long work: is this checkpoint ours?
@@ -150,6 +157,7 @@ class TrainingRun:
         t = self.cfg.train
         multiple = parallel.batch_size_multiple(self.mesh)
         for name, rows in (("train.micro_batch_size", t.micro_batch_size),
+                           ("train.micro_batch_rows", t.micro_batch_rows),
                            ("sequences per optimizer step", self.sequences_per_update())):
             if rows % multiple:
                 raise ValueError(f"{name} = {rows} does not divide over the {multiple} devices of the mesh's "
@@ -165,6 +173,7 @@ class TrainingRun:
 
     def restore(self, step: int):
         self.params, self.opt_state, meta = self.checkpoints.restore(step, self.params, self.opt_state)
+        self.saved_step = step
         self.loader.set_state(meta["loader"])
         self.base_key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
         self.step = meta["step"]
@@ -172,6 +181,16 @@ class TrainingRun:
 
     def save(self):
         self.checkpoints.save(self.step, self.params, self.opt_state, self.meta())
+        self.saved_step = self.step
+
+    saved_step: int | None = None  # the step of the last checkpoint written or restored
+    interrupted: str | None = None  # the signal that stopped `run` early (SIGTERM, SIGINT), else None
+    _stop: preemption.StopRequests | None = None
+
+    def abandon_if_stopping(self):
+        """Called inside a step before its first state change: stop here when a signal came (a collective)."""
+        if self._stop is not None and self._stop.requested(self.step):
+            raise StepAbandoned
 
     def pack(self, prompts, replies) -> Packed:
         """`sequences.pack` with widths every host agrees on (bucketed maxima over all hosts)."""
@@ -211,12 +230,27 @@ class TrainingRun:
     def run(self, progress: bool = True) -> list[dict]:
         from tqdm.auto import tqdm
 
+        bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc=self.name, unit="step",
+                   disable=not (progress and self.is_main))
+        with preemption.StopRequests() as self._stop:
+            history = self._loop(bar)
+        self._stop = None
+        bar.close()
+        self.finish()
+        return history
+
+    def _loop(self, bar) -> list[dict]:
+        """Steps until train.steps, or until a signal: then a checkpoint of the last finished step (see preemption)."""
         t, c = self.cfg.train, self.cfg.checkpoint
         history = []
-        bar = tqdm(total=t.steps, initial=self.step, desc=self.name, unit="step",
-                   disable=not (progress and self.is_main))
         while self.step < t.steps:
-            result = self.train_step()
+            loader_state = self.loader.get_state()
+            try:
+                result = self.train_step()
+            except StepAbandoned:
+                self.loader.set_state(loader_state)
+                self._stopped()
+                return history
             metrics = result.metrics
             if t.eval_every and self.step % t.eval_every == 0:
                 metrics.update(self.validate())
@@ -230,9 +264,16 @@ class TrainingRun:
             history.append(metrics)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in self.progress_keys if k in metrics})
-        bar.close()
-        self.finish()
+            if self.step < t.steps and self._stop.requested(self.step):
+                self._stopped()
+                return history
         return history
+
+    def _stopped(self) -> None:
+        self.interrupted = self._stop.name
+        if self.step > 0 and self.saved_step != self.step:
+            self.save()
+        log.warning("%s: stopped at step %d (checkpoint saved); continue with --resume", self.interrupted, self.step)
 
     progress_keys = ("loss",)
     plot_keys = ("loss",)

@@ -2,6 +2,7 @@
 
 A packed batch is [N, P + R]: each prompt left-padded to width P (so every reply starts at column P), the
 reply right after it, right-padded to width R. The logits that predict reply token j sit at column P - 1 + j.
+This padded layout is the reference of the prefix-shared packed one (`packing.py`, `packed_logprobs`).
 Log-probs go through the LM head in chunks of reply positions, rematerialised in the backward pass, so the
 [N, R, vocab] logits never exist at once.
 """
@@ -67,7 +68,26 @@ def response_logprobs(config: Qwen2Config, params, tokens: jax.Array, attention_
     hidden, _ = qwen2.hidden_states(config, params, tokens, attention_mask=attention_mask)
     reply = tokens.shape[1] - prompt_width
     h = hidden[:, prompt_width - 1: prompt_width - 1 + reply]  # [N, R, E]
-    targets = tokens[:, prompt_width:]
+    return _head_logprobs(config, params, h, tokens[:, prompt_width:], temperature, chunk, with_entropy)
+
+
+def packed_logprobs(config: Qwen2Config, params, batch: dict, *, temperature: float = 1.0, chunk: int = 128,
+                    with_entropy: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Reply log-probs (and entropies) [rows, S, R] of a prefix-shared packed batch (`packing.PackedGroups` as a
+    dict: tokens, positions, segment_ids, prefix_ids [rows, L]; predict, targets [rows, S, R]). The hidden state
+    of each reply position is gathered within its row, so the LM head runs at reply positions only."""
+    hidden, _ = qwen2.hidden_states(config, params, batch["tokens"], positions=batch["positions"],
+                                    segment_ids=batch["segment_ids"], prefix_ids=batch["prefix_ids"])
+    rows, slots, reply = batch["predict"].shape
+    h = jnp.take_along_axis(hidden, batch["predict"].reshape(rows, slots * reply, 1), axis=1)
+    logp, entropy = _head_logprobs(config, params, h.reshape(rows * slots, reply, -1),
+                                   batch["targets"].reshape(rows * slots, reply), temperature, chunk, with_entropy)
+    return logp.reshape(rows, slots, reply), entropy.reshape(rows, slots, reply)
+
+
+def _head_logprobs(config: Qwen2Config, params, h, targets, temperature: float, chunk: int, with_entropy: bool):
+    """LM head + log-softmax over hidden states h [N, R, E] at `chunk` reply positions at a time."""
+    reply = h.shape[1]
     chunk = min(chunk, reply)
     pad = -reply % chunk
     if pad:

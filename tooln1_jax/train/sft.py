@@ -17,9 +17,12 @@ import time
 import jax
 import numpy as np
 
+from tooln1_jax import parallel
 from tooln1_jax.data.pipeline import PromptLoader
+from tooln1_jax.rollout.sampler import bucket
+from tooln1_jax.train import packing
 from tooln1_jax.train.run import StepResult, TrainingRun
-from tooln1_jax.train.step import StepFunctions, make_optimizer
+from tooln1_jax.train.step import PACKED_KEYS, StepFunctions, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,10 @@ def add_targets(run: TrainingRun, records: list[dict]) -> list[dict]:
 
 
 def supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, records: list[dict]):
-    """One optimizer step of the masked next-token loss on this host's `records` -> (params, opt_state, metrics)."""
+    """One optimizer step of the masked next-token loss on this host's `records` -> (params, opt_state, metrics),
+    in the run's layout (`train.layout`: examples packed into rows, or one padded row each)."""
+    if run.cfg.train.layout == "packed":
+        return _packed_supervised_step(run, steps, params, opt_state, records)
     start = time.perf_counter()
     packed = run.pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
     batch = {"tokens": packed.tokens, "attention_mask": packed.attention_mask, "response_mask": packed.response_mask}
@@ -59,6 +65,29 @@ def supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, r
     tokens = float(run.all_rows(packed.attention_mask.sum(1)).sum())
     metrics.update({"time/update_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
                     "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records]))})
+    return params, opt_state, metrics
+
+
+def _packed_supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, records: list[dict]):
+    """`supervised_step` with the examples packed into rows (groups of one reply, `packing.py`)."""
+    start = time.perf_counter()
+    hosts = jax.process_count()
+    micro_rows = run.cfg.train.micro_batch_rows or parallel.batch_size_multiple(run.mesh)
+    width = parallel.global_max(bucket(max(len(r["target_ids"]) for r in records), 16))
+    packed = packing.pack_groups([r["prompt_ids"] for r in records], [[r["target_ids"]] for r in records],
+                                 budget=run.cfg.train.pack_tokens, rows_multiple=micro_rows // hosts,
+                                 reply_width=width)
+    packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
+    batch = {k: run.global_batch(getattr(packed, k)) for k in PACKED_KEYS + ("response_mask",)}
+    params, opt_state, m = steps.sft_update_packed(params, opt_state, batch, micro_rows)
+    metrics = {k: float(v) for k, v in m.items()}
+    seconds = time.perf_counter() - start
+    useful = float(run.all_rows(np.array([packed.useful_tokens])).sum())
+    computed = packed.computed_tokens * hosts
+    metrics.update({"time/update_s": seconds, "tokens_per_s": useful / max(seconds, 1e-9),
+                    "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records])),
+                    "layout/computed_per_useful": computed / max(useful, 1.0),
+                    "layout/padding_frac": 1.0 - useful / max(computed, 1)})
     return params, opt_state, metrics
 
 

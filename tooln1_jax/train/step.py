@@ -4,6 +4,10 @@ supervised), each with gradient accumulation over micro-batches and every input/
 A mini-batch of M sequences is split into M / m micro-batches of m (row j of micro-batch i is row j*n + i, so
 each micro-batch spreads over all devices); their gradients are summed with the loss normalised by the whole
 mini-batch's denominator, so the update equals one pass over the mini-batch.
+
+Two layouts: the padded one (`sequences.pack`: one prompt copy per reply, rows padded to the longest prompt + reply;
+kept as the reference) and the prefix-shared packed one (`packing.pack_groups`; micro-batches are packed rows,
+batch arrays are per row: [rows, L] and [rows, S, R] slots), which is what the trainers run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from tooln1_jax import parallel
 from tooln1_jax.config import GRPOConfig, OptimConfig
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.train import grpo
-from tooln1_jax.train.sequences import response_logprobs
+from tooln1_jax.train.sequences import packed_logprobs, response_logprobs
+
+PACKED_KEYS = ("tokens", "positions", "segment_ids", "prefix_ids", "predict", "targets")
 
 
 def make_optimizer(cfg: OptimConfig, total_updates: int) -> optax.GradientTransformation:
@@ -142,6 +148,73 @@ def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, promp
     return merge(logp), merge(entropy)
 
 
+def _flat(x: jax.Array) -> jax.Array:
+    """[rows, S, R] slots -> [rows * S, R] (the [batch, time] of grpo's functions); [rows, S] -> [rows * S]."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x.reshape(-1)
+
+
+def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, log_entropy: bool,
+                        params, opt_state, batch: dict):
+    """`_grpo_update` on a packed batch. Without "old_logp" in the batch (a rollout batch that is one mini-batch:
+    the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
+    `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
+    g = settings.grpo
+    den = jnp.maximum(grpo.loss_denominator(_flat(batch["response_mask"]), g.loss_agg), 1.0)
+    with_entropy = g.entropy_coef != 0.0 or log_entropy
+
+    def loss_fn(p, mb):
+        logp, entropy = packed_logprobs(config, p, mb, temperature=settings.temperature, with_entropy=with_entropy)
+        logp, entropy, mask = _flat(logp), _flat(entropy), _flat(mb["response_mask"])
+        old = _flat(mb["old_logp"]) if "old_logp" in mb else jax.lax.stop_gradient(logp)
+        loss, metrics = grpo.policy_loss(
+            logp, old, _flat(mb["ref_logp"]) if g.beta > 0 else None, _flat(mb["advantages"]), mask,
+            clip_eps=g.epsilon, clip_eps_high=g.epsilon_high, dual_clip=g.dual_clip, kl_coef=g.beta,
+            kl_type=g.kl_type, agg=g.loss_agg, entropy=entropy if g.entropy_coef != 0.0 else None,
+            entropy_coef=g.entropy_coef, max_len=settings.max_len, loss_denominator=den)
+        if log_entropy:
+            metrics["entropy_sum"] = jnp.sum(jnp.where(mask > 0, jax.lax.stop_gradient(entropy), 0.0))
+        return loss, metrics
+
+    grads, metrics = _accumulate(loss_fn, params, batch, settings.micro_batch_size, mesh)
+    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
+    metrics = _token_weighted(metrics, summed=("loss", "pg_loss", "kl", "entropy", "entropy_sum"))
+    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+
+
+def _sft_update_packed(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
+    """`_sft_update` on packed examples (groups of one reply)."""
+    den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
+
+    def loss_fn(p, mb):
+        logp, _ = packed_logprobs(config, p, mb)
+        mask = mb["response_mask"]
+        nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
+        num_tokens = jnp.sum(mask)
+        target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
+        return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
+
+    grads, metrics = _accumulate(loss_fn, params, batch, micro_rows, mesh)
+    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
+    metrics = _token_weighted(metrics, summed=("loss",))
+    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+
+
+def _packed_logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, micro_rows: int, mesh: Mesh,
+                     params, batch: dict):
+    """Reply log-probs (and entropies) [rows, S, R] of a packed batch, `micro_rows` rows at a time."""
+    def one(mb):
+        with parallel.activation_sharding(mesh):
+            return packed_logprobs(config, params, mb, temperature=temperature, with_entropy=with_entropy)
+
+    rows = batch["tokens"].shape[0]
+    if rows <= micro_rows:
+        return one(batch)
+    split = {k: _split_micro(v, micro_rows, parallel.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+    logp, entropy = jax.lax.map(one, split)  # [n, micro, S, R]
+    merge = lambda x: x.swapaxes(0, 1).reshape(rows, *x.shape[2:])  # noqa: E731  inverse of _split_micro
+    return merge(logp), merge(entropy)
+
+
 class StepFunctions:
     """Jitted log-prob pass and update steps of one run (one program per batch shape, shardings declared)."""
 
@@ -171,17 +244,53 @@ class StepFunctions:
         program = self._logprob_program(float(temperature), with_entropy, prompt_width, micro_batch_size)
         return program(params, tokens, attention_mask)
 
-    def _update_program(self, kind: str, settings, prompt_width: int, batch_keys: tuple):
-        key = (kind, settings, prompt_width, batch_keys)
+    def packed_logprobs(self, params, batch: dict, *, micro_rows: int, temperature: float = 1.0,
+                        with_entropy: bool = False):
+        """`logprobs` of a packed batch (a dict with at least PACKED_KEYS): slots [rows, S, R]."""
+        program = self.packed_logprob_program(float(temperature), with_entropy, micro_rows)
+        return program(params, {k: batch[k] for k in PACKED_KEYS})
+
+    def packed_logprob_program(self, temperature: float, with_entropy: bool, micro_rows: int):
+        """The jitted packed log-prob pass: (params, {PACKED_KEYS: arrays}) -> (logp, entropy) [rows, S, R]."""
+        key = ("packed_logprobs", temperature, with_entropy, micro_rows)
         if key not in self._programs:
-            self._programs[key] = self._build_update(kind, settings, prompt_width, batch_keys)
+            shardings = {k: parallel.batch_sharding(self.mesh, 2 if k in PACKED_KEYS[:4] else 3) for k in PACKED_KEYS}
+            slots = parallel.batch_sharding(self.mesh, 3)
+            fn = functools.partial(_packed_logprobs, self.config, temperature, with_entropy, micro_rows, self.mesh)
+            self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, shardings),
+                                          out_shardings=(slots, slots))
         return self._programs[key]
 
-    def _build_update(self, kind: str, settings, prompt_width: int, batch_keys: tuple):
+    def grpo_update_packed(self, params, opt_state, batch: dict, settings: GRPOSettings, *,
+                           log_entropy: bool = False):
+        """One optimizer step on a packed mini-batch; `settings.micro_batch_size` counts packed rows."""
+        return self.grpo_packed_program(batch, settings, log_entropy)(params, opt_state, batch)
+
+    def grpo_packed_program(self, batch: dict, settings: GRPOSettings, log_entropy: bool = False):
+        """The jitted packed GRPO update for batches with these keys (arrays or ShapeDtypeStructs)."""
+        keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
+        return self._update_program("grpo_packed", settings, log_entropy, keys)
+
+    def sft_update_packed(self, params, opt_state, batch: dict, micro_rows: int):
+        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
+        return self._update_program("sft_packed", micro_rows, None, keys)(params, opt_state, batch)
+
+    def _update_program(self, kind: str, settings, extra, batch_keys: tuple):
+        """extra: the prompt width (padded layout) or log_entropy (packed GRPO)."""
+        key = (kind, settings, extra, batch_keys)
+        if key not in self._programs:
+            self._programs[key] = self._build_update(kind, settings, extra, batch_keys)
+        return self._programs[key]
+
+    def _build_update(self, kind: str, settings, extra, batch_keys: tuple):
         if kind == "grpo":
-            fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, prompt_width)
+            fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, extra)
+        elif kind == "grpo_packed":
+            fn = functools.partial(_grpo_update_packed, self.config, settings, self.optimizer, self.mesh, extra)
+        elif kind == "sft_packed":
+            fn = functools.partial(_sft_update_packed, self.config, settings, self.optimizer, self.mesh)
         else:
-            fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh, prompt_width)
+            fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh, extra)
         batch_sh = {k: parallel.batch_sharding(self.mesh, ndim) for k, ndim in batch_keys}
         replicated = parallel.replicated(self.mesh)
         return jax.jit(fn, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),

@@ -1,10 +1,16 @@
 """The GRPO loop: draw prompts -> sample G replies each -> score -> old/reference log-probs -> one optimizer step
 per mini-batch. Each step is a short sequence of named calls; the math lives in `grpo`, the jitted work in
 `step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
+
+The training passes use the prefix-shared packed layout (`train.layout: packed`, `packing.py`): each prompt once,
+then its G replies. When the rollout batch is one mini-batch, the old log-probs are the update's own forward
+(stop-gradient) instead of a separate pass; the entropy is computed only on steps that are logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -13,29 +19,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1_jax import parallel
+from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import grpo, sft
-from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies, score_reply
-from tooln1_jax.train.step import GRPOSettings
+from tooln1_jax.train import grpo, packing, sft
+from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies
+from tooln1_jax.train.step import PACKED_KEYS, GRPOSettings
 
 # reward_fn(records, replies, reply_token_ids) -> (rewards [N], extra per-row metrics {name: [N]})
 RewardFn = Callable[[Sequence[dict], Sequence[str], Sequence[Sequence[int]]], tuple[np.ndarray, dict]]
 
 
-def _score_job(job):
-    return score_reply(*job)
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Fresh worker processes: forking a process whose JAX runtime has started threads can deadlock the child."""
+    return multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                       else "spawn")
 
 
 class ToolCallReward:
-    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates."""
+    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates.
+    With `workers`, replies are scored in that many processes (they import only the jax-free rewards module)."""
 
     def __init__(self, variant: str = "binary", workers: int = 0):
         self.variant = variant
-        self._pool = ProcessPoolExecutor(workers) if workers > 0 else None
+        self._pool = ProcessPoolExecutor(workers, mp_context=_worker_context()) if workers > 0 else None
 
     def __call__(self, records, replies, reply_ids):
-        jobs = [(reply, record["answer"], self.variant) for record, reply in zip(records, replies)]
-        results = list(self._pool.map(_score_job, jobs, chunksize=64) if self._pool else map(_score_job, jobs))
+        answers = [record["answer"] for record in records]
+        variants = [self.variant] * len(replies)
+        results = list(self._pool.map(toolcall.score_details, replies, answers, variants, chunksize=64)
+                       if self._pool else map(toolcall.score_details, replies, answers, variants))
         rewards, exact, formatted = (np.array(x, np.float32) for x in zip(*results))
         return rewards, {"exact_match": exact, "format_ok": formatted}
 
@@ -79,10 +92,15 @@ class GRPOTrainer(TrainingRun):
         # brings back the policy and optimizer of the checkpoint
         self.warm_start_history = sft.warm_start(self) if cfg.sft.warm_start_steps else []
         self.warm_start_val = self.validate() if self.warm_start_history and cfg.train.eval_every else {}
-        self.ref_params = jax.tree.map(lambda x: x.copy(), self.params) if cfg.grpo.beta > 0 else None
+        self.ref_params = None
+        if cfg.grpo.beta > 0:
+            dtype = self.model_config.dtype if cfg.grpo.ref_dtype == "compute" else None
+            self.ref_params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype or x.dtype), p),
+                                      out_shardings=self.steps.param_shardings)(self.params)
         self.reward_fn = self._reward_fn or ToolCallReward(cfg.grpo.reward, cfg.train.reward_workers)
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
+        self.packed_settings = dataclasses.replace(self.settings, micro_batch_size=self.micro_rows())
 
     def log_warm_start(self):
         """The warm start's steps as step-0 lines of metrics.jsonl (keys `warm_start/...`), its last line with the
@@ -97,11 +115,14 @@ class GRPOTrainer(TrainingRun):
         prompt's samples depend only on the step and its position in the global batch."""
         r = self.cfg.rollout
         chunk = max(1, r.prompts_per_call // jax.process_count()) if r.prompts_per_call else len(records)
-        parts = [sampler.generate(self.model_config, self.params, [rec["prompt_ids"] for rec in records[i:i + chunk]],
+        weights = sampler.prepare(self.model_config, self.params, dtype=r.inference_dtype or None,
+                                  fsdp=r.inference_fsdp, mesh=self.mesh)  # once per step
+        parts = [sampler.generate(self.model_config, weights, [rec["prompt_ids"] for rec in records[i:i + chunk]],
                                   num_samples=r.num_generations, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, stop_ids=self.stop_ids,
                                   rng=jax.random.fold_in(self.base_key, self.step), mesh=self.mesh,
-                                  prompt_seeds=positions[i:i + chunk])
+                                  prompt_seeds=positions[i:i + chunk], num_slots=r.num_slots or None,
+                                  chunk_steps=r.chunk_steps)
                  for i in range(0, len(records), chunk)]
         return sampler.concatenate(parts)
 
@@ -109,10 +130,57 @@ class GRPOTrainer(TrainingRun):
         g = self.cfg.rollout.num_generations
         return np.asarray(grpo.group_advantages(jnp.asarray(rewards), g, scale_by_std=self.cfg.grpo.scale_rewards))
 
-    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
+    def logged_next(self) -> bool:
+        """Will the coming step's metrics be logged (so the entropy is worth computing)?"""
+        t = self.cfg.train
+        return (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
+
+    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int | None]:
         """One device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
         computed before the first update: "old" is the policy that sampled. The replies keep their stop token:
-        ending the reply is an action the policy learns too."""
+        ending the reply is an action the policy learns too. Packed layout: prompt width None."""
+        if self.cfg.train.layout == "packed":
+            return self.packed_minibatches(records, generated_ids, advantages), None
+        return self.padded_minibatches(records, generated_ids, advantages)
+
+    def packed_minibatches(self, records, generated_ids, advantages) -> list[dict]:
+        """`minibatches` in the prefix-shared packed layout. A rollout batch that is one mini-batch gets no old
+        log-prob pass (the update takes its own forward's); its entropy is the update's (when logged)."""
+        t, r = self.cfg.train, self.cfg.rollout
+        g, hosts = r.num_generations, jax.process_count()
+        per = t.mini_batch_size // hosts  # this host's prompts per mini-batch
+        one_minibatch = t.batch_size == t.mini_batch_size
+        log_entropy = self.logged_next()
+        batches, self.layout_stats = [], {"computed": 0, "useful": 0}
+        width = parallel.global_max(sampler.bucket(max(1, max(map(len, generated_ids))), 16))
+        for start in range(0, len(records), per):
+            recs = records[start:start + per]
+            replies = [generated_ids[(start + i) * g:(start + i + 1) * g] for i in range(len(recs))]
+            packed = packing.pack_groups([rec["prompt_ids"] for rec in recs], replies, budget=t.pack_tokens,
+                                         rows_multiple=self.micro_rows() // hosts, reply_width=width)
+            packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
+            self.layout_stats["computed"] += packed.computed_tokens * hosts
+            self.layout_stats["useful"] += int(self.all_rows(np.array([packed.useful_tokens])).sum())
+            adv = packed.per_slot(advantages[start * g:(start + len(recs)) * g].astype(np.float32))
+            local = {k: getattr(packed, k) for k in PACKED_KEYS + ("response_mask",)}
+            batch = {k: self.global_batch(v) for k, v in {**local, "advantages": adv}.items()}
+            kwargs = {"micro_rows": self.micro_rows(), "temperature": r.temperature}
+            if not one_minibatch:
+                batch["old_logp"], entropy = self.steps.packed_logprobs(self.params, batch, with_entropy=log_entropy,
+                                                                        **kwargs)
+                if log_entropy:
+                    batch["entropy"] = entropy
+            if self.ref_params is not None:
+                batch["ref_logp"], _ = self.steps.packed_logprobs(self.ref_params, batch, **kwargs)
+            batches.append(batch)
+        self.layout_stats["real"] = self.layout_stats["useful"]
+        return batches
+
+    def micro_rows(self) -> int:
+        return self.cfg.train.micro_batch_rows or parallel.batch_size_multiple(self.mesh)
+
+    def padded_minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
+        """`minibatches` in the padded layout (one row per reply; the reference of the packed layout)."""
         g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
         packed = self.pack([records[i // g]["prompt_ids"] for i in range(len(generated_ids))], generated_ids)
         rows = self.sequences_per_update() // jax.process_count()
@@ -129,9 +197,15 @@ class GRPOTrainer(TrainingRun):
             if self.ref_params is not None:
                 batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, *pass_args, **pass_kwargs)
             batches.append(batch)
+        computed = packed.tokens.size * jax.process_count()
+        useful = sum(len(rec["prompt_ids"]) for rec in records) + sum(map(len, generated_ids))
+        self.layout_stats = {"computed": computed, "useful": int(self.all_rows(np.array([useful])).sum()),
+                             "real": int(self.all_rows(np.array([packed.attention_mask.sum()])).sum())}
         return batches, packed.prompt_width
 
-    def update(self, batches: list[dict], prompt_width: int) -> list[dict]:
+    def update(self, batches: list[dict], prompt_width: int | None) -> list[dict]:
+        if prompt_width is None:
+            return self.packed_update(batches)
         metrics = []
         for batch in batches:
             entropy, mask = batch.pop("entropy"), batch["response_mask"]
@@ -141,17 +215,36 @@ class GRPOTrainer(TrainingRun):
             metrics.append(m)
         return jax.device_get(metrics)
 
+    def packed_update(self, batches: list[dict]) -> list[dict]:
+        metrics = []
+        log_entropy = self.logged_next()
+        for batch in batches:
+            entropy = batch.pop("entropy", None)
+            own_entropy = log_entropy and "old_logp" not in batch
+            self.params, self.opt_state, m = self.steps.grpo_update_packed(
+                self.params, self.opt_state, batch, self.packed_settings, log_entropy=own_entropy)
+            mask = batch["response_mask"]
+            if own_entropy:  # the update's forward is the sampling policy's
+                m["entropy"] = m.pop("entropy_sum") / jnp.maximum(m["num_tokens"], 1.0)
+            elif entropy is not None:
+                m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            metrics.append(m)
+        return jax.device_get(metrics)
+
     def train_step(self) -> StepResult:
         g = self.cfg.rollout.num_generations
         global_records = next(self.loader)
         positions = self.local_positions(len(global_records))
         records = [global_records[i] for i in positions]
         start = time.perf_counter()
+        engine_before = dict(sampler.STATS)
         rollout = self.rollout(records, positions)
         rollout_seconds = time.perf_counter() - start
+        self.engine_stats = {k: sampler.STATS[k] - engine_before[k] for k in engine_before}
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
         row_records = [records[i // g] for i in range(len(replies))]
         rewards, extra = self.reward_fn(row_records, replies, reply_ids)
+        self.abandon_if_stopping()  # a signal during the rollout: nothing is updated yet
         start = time.perf_counter()
         generated = sampler.reply_ids(rollout, stop_ids=())  # with the stop token
         batches, prompt_width = self.minibatches(records, generated, self.advantages(rewards))
@@ -179,9 +272,19 @@ class GRPOTrainer(TrainingRun):
                         "time/rollout_s": rollout_seconds, "time/update_s": update_seconds,
                         "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
+                        **self.layout_metrics(),
                         "epoch": self.loader.epoch, "updates": len(update_metrics),
-                        "sampler_compiles": sampler.STATS["compiles"]})
+                        "sampler_compiles": sampler.STATS["compiles"],
+                        "rollout/slot_utilisation": sampler.utilisation(self.engine_stats),
+                        "rollout/decode_steps": self.engine_stats["decode_steps"]})
         return metrics
+
+    def layout_metrics(self) -> dict:
+        """Computed token positions per useful token (prompts once per group + replies) and the share of
+        positions that hold no token, of the last training passes."""
+        s = self.layout_stats
+        return {"layout/computed_per_useful": s["computed"] / max(s["useful"], 1),
+                "layout/padding_frac": 1.0 - s["real"] / max(s["computed"], 1)}
 
     def close(self):
         super().close()

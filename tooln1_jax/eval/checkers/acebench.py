@@ -27,7 +27,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from tooln1_jax.eval.checkers.common import OK, Verdict, fail, is_call_list, standardize_string
+from tooln1_jax.eval.checkers.common import (MAX_FLOAT_INT, OK, Verdict, fail, is_call_list, never_raises_on_depth,
+                                              standardize_string)
 
 CATEGORIES = ("atom_bool", "atom_enum", "atom_number", "atom_list", "atom_object_short", "atom_object_deep",
               "single_turn_single_function", "single_turn_parallel_function", "similar_api", "preference")
@@ -44,6 +45,7 @@ class _Unscorable(Exception):
     """A reply or ground truth on which the official checker raises."""
 
 
+@never_raises_on_depth
 def check(functions: list[dict], calls: list[dict] | None, ground_truth: dict | list[dict],
           category: str = "", *, strip_whitespace: bool = True) -> Verdict:
     """Score one reply. `category` is accepted for symmetry with the other checkers (the normal categories share
@@ -164,6 +166,8 @@ def _check_value(where: str, value: Any, schema: Any, expected: Any) -> Verdict:
         else:
             item_type = str if "string" in type_name else enumerate if "enum" in type_name else dict
     if type_name == "float" and type(value) is int:
+        if abs(value) > MAX_FLOAT_INT:  # upstream's float() raises OverflowError here
+            raise _Unscorable(f"{where}: integer too large for a float")
         value = float(value)
 
     verdict, is_variable = _check_type(where, value, expected, py_type, item_type)

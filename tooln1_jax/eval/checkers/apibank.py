@@ -17,12 +17,14 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from tooln1_jax.eval.checkers.common import OK, Verdict, fail, is_call_list, standardize_string
+from tooln1_jax.eval.checkers.common import (OK, Verdict, fail, is_call_list, never_raises_on_depth,
+                                              standardize_string)
 
 CATEGORIES = ("level-1",)
 _LITERAL_TYPES = ("int", "float", "bool", "list", "list(str)", "dict")
 
 
+@never_raises_on_depth
 def check(functions: list[dict], calls: list[dict] | None, ground_truth: dict, *, exact: bool = False) -> Verdict:
     """Score one reply. `functions`: the offered APIs as `{"name", "description", "parameters": {param: {"type",
     "description"}}}` (API-Bank's `input_parameters`), which give the declared parameter types."""
@@ -55,7 +57,7 @@ def _typed(value: Any, type_name: str) -> Any:
     if type_name in _LITERAL_TYPES and isinstance(value, str):
         try:
             return ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: "{[1]: 2}"
             return value
     return value
 

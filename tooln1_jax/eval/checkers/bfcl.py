@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tooln1_jax.eval.checkers.common import OK, Verdict, fail, is_call_list, standardize_string
+from tooln1_jax.eval.checkers.common import (MAX_FLOAT_INT, OK, Verdict, fail, is_call_list, never_raises_on_depth,
+                                              standardize_string)
 
 NON_LIVE = ("simple", "multiple", "parallel", "parallel_multiple")
 LIVE = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
@@ -27,6 +28,7 @@ _PY_TYPES = {"string": str, "integer": int, "float": float, "boolean": bool, "ar
              "dict": dict, "any": str}
 
 
+@never_raises_on_depth
 def check(functions: list[dict], calls: list[dict] | None, ground_truth: list[dict] | None,
           category: str) -> Verdict:
     """Score one reply of a BFCL category (see the module docstring for the argument forms)."""
@@ -124,6 +126,8 @@ def _check_value(where: str, value: Any, schema: dict, accepted: list) -> Verdic
         if item_type is None:
             return fail(f"{where}: unsupported item type in schema {schema.get('items')!r}")
     if type_name == "float" and type(value) is int:
+        if abs(value) > MAX_FLOAT_INT:  # upstream's float() raises OverflowError here
+            return fail(f"{where}: integer too large for a float")
         value = float(value)  # an int is accepted where a float is declared, not the reverse
 
     verdict, is_variable = _check_type(where, value, accepted, py_type, item_type)

@@ -5,11 +5,14 @@ Pure Python (no jax): the checkers are usable from any framework.
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 _IGNORED_CHARS = re.compile(r"[ ,./\-_*^]")
+MAX_FLOAT_INT = int(sys.float_info.max)  # a larger int cannot become a float (OverflowError)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,20 @@ OK = Verdict(True)
 
 def fail(reason: str) -> Verdict:
     return Verdict(False, reason)
+
+
+def never_raises_on_depth(check):
+    """A checker that returns an invalid verdict, instead of raising, on values nested past Python's recursion
+    limit (json.loads decodes up to ~1000 levels; walking, comparing or printing them recurses once more)."""
+
+    @functools.wraps(check)
+    def guarded(*args, **kwargs) -> Verdict:
+        try:
+            return check(*args, **kwargs)
+        except RecursionError:
+            return fail("a value is nested too deeply to check (Python's recursion limit)")
+
+    return guarded
 
 
 def standardize_string(text: str) -> str:

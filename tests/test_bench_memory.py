@@ -1,0 +1,31 @@
+"""The memory report compiles the packed update and log-prob programs on fake devices without allocating them."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _report(*args):
+    out = subprocess.run([sys.executable, "-m", "tooln1_jax.bench.memory", *args], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_memory_report_of_the_demo_config_on_four_devices():
+    report = _report("--config", "configs/demo.yaml", "--devices", "4", "--set", "mesh.fsdp=2",
+                     "--set", "train.mini_batch_size=8")
+    assert report["devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    worst = report["worst_case"]
+    assert worst["group_tokens"] == 4096 + 4 * 48  # max prompt + G x reply cap
+    assert worst["rows"] % 4 == 0 and worst["row_tokens"] >= worst["group_tokens"]
+    dev = report["per_device"]
+    # the demo's 9.8M float32 parameters, sharded over fsdp=2 (the embedding's vocab axis) on each device
+    assert 0 < dev["params_bytes"] < 4 * 9.8e6
+    for program in ("update", "logprobs"):
+        assert dev[program]["temp_bytes"] > 0
+        assert dev[program]["argument_bytes"] >= dev["params_bytes"]
+    # the update's arguments hold params + AdamW moments (about 3x the parameter bytes)
+    assert dev["update"]["argument_bytes"] >= 2.9 * dev["params_bytes"]

@@ -1,0 +1,89 @@
+"""Writing outputs safely: whole files (and whole directories) appear at once or not at all, and JSON is strict.
+
+- `write_text` / `open_atomic`: write a temporary file next to the target, then `os.replace` it into place, so
+  a reader (or a rerun after an interrupt) never sees half a file.
+- `replace_dir`: fill a temporary directory, then swap it in for the target directory, so files that belong
+  together (train.parquet, test.parquet, stats.json) never mix two runs.
+- `strict_json`: `json.dumps` that never writes NaN / Infinity (not JSON): they become null.
+
+Pure Python (no jax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, *, encoding: str = "utf-8", errors: str = "strict") -> Iterator[TextIO]:
+    """A text file opened for writing that replaces `path` only when the block ends without an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding=encoding, errors=errors) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    with open_atomic(path, encoding=encoding) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def replace_dir(target: str | os.PathLike, *, expected: tuple[str, ...]) -> Iterator[Path]:
+    """A fresh temporary directory to fill; when the block ends without an error it takes `target`'s place.
+
+    An existing `target` may only hold names in `expected` (it is removed as a whole, so nothing else may be lost).
+    """
+    target = Path(target)
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(f"{target}: exists and is not a directory")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in expected)
+        if foreign:
+            raise FileExistsError(f"{target}: holds files this command did not write ({', '.join(foreign[:5])}); "
+                                  f"choose an empty or new directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-Infinity) in it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs) -> str:
+    """`json.dumps(value, **kwargs)` with NaN and Infinity written as null (they are not JSON)."""
+    try:
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except ValueError:  # a non-finite float somewhere (the only ValueError json.dumps raises besides cycles)
+        return json.dumps(finite(value), allow_nan=False, **kwargs)

@@ -1,0 +1,180 @@
+"""The prefix-shared packed layout of the training passes (pure numpy; DESIGN.md "Packed training layout").
+
+A group is one prompt and its G replies, laid out once: prompt, reply 0, ..., reply G-1. Reply j sees the prompt
+and its own earlier tokens only, and its positions continue from the prompt's length, so each reply computes
+exactly what it would right after its prompt in the padded layout (`sequences.pack`). Whole groups are packed into
+rows of one length L (first-fit decreasing; L chosen to waste the fewest positions within a token budget):
+
+- tokens, positions [rows, L] int32;
+- segment_ids [rows, L]: 1 + the group's index in its row; 0 on padding;
+- prefix_ids [rows, L]: 0 on prompt tokens, j + 1 on reply j, -1 on padding (padding sees only padding).
+
+Log-probs are read at reply tokens only, in a per-row "slot" layout [rows, S, R] (slot = one reply, R = reply
+width): `predict[r, s, t]` is the column whose hidden state predicts reply token t of slot s (the prompt's last
+token for t = 0, shared by the group's G replies; the previous column otherwise), `targets` the token and
+`response_mask` 1 on real reply tokens. `sample[r, s]` is the index of the slot's reply in the input order (-1 for
+an empty slot). Everything in a row stays in that row, so a row-sharded batch needs no cross-device gather.
+SFT packs examples as groups of one reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from tooln1_jax.rollout.sampler import bucket
+
+ROW_QUANTUM = 128  # row lengths are multiples of this (few compiled shapes)
+
+
+@dataclasses.dataclass
+class PackedGroups:
+    tokens: np.ndarray  # int32 [rows, L]
+    positions: np.ndarray  # int32 [rows, L]
+    segment_ids: np.ndarray  # int32 [rows, L]
+    prefix_ids: np.ndarray  # int32 [rows, L]
+    predict: np.ndarray  # int32 [rows, S, R]
+    targets: np.ndarray  # int32 [rows, S, R]
+    response_mask: np.ndarray  # float32 [rows, S, R]
+    sample: np.ndarray  # int32 [rows, S]
+    num_samples: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(rows, L, S, R)."""
+        return (*self.tokens.shape, *self.targets.shape[1:])
+
+    @property
+    def useful_tokens(self) -> int:
+        """Prompt tokens once per group + reply tokens."""
+        return int((self.segment_ids > 0).sum())
+
+    @property
+    def computed_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    def per_slot(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values [num_samples, ...] -> [rows, S, ...] (zeros in empty slots)."""
+        values = np.asarray(values)
+        if values.shape[0] != self.num_samples:
+            raise ValueError(f"per_slot: {values.shape[0]} values for {self.num_samples} samples")
+        out = np.zeros(self.sample.shape + values.shape[1:], values.dtype)
+        filled = self.sample >= 0
+        out[filled] = values[self.sample[filled]]
+        return out
+
+    def to_samples(self, slab: np.ndarray) -> np.ndarray:
+        """[rows, S, ...] -> [num_samples, ...] in the input order (inverse of `per_slot`)."""
+        slab = np.asarray(slab)
+        out = np.zeros((self.num_samples,) + slab.shape[2:], slab.dtype)
+        filled = self.sample >= 0
+        out[self.sample[filled]] = slab[filled]
+        return out
+
+    def pad_to(self, rows: int, length: int, slots: int, reply: int) -> "PackedGroups":
+        """The same layout in a larger shape (so that every host's batch has one shape)."""
+        r0, l0, s0, w0 = self.shape
+        if rows < r0 or length < l0 or slots < s0 or reply < w0:
+            raise ValueError(f"pad_to{(rows, length, slots, reply)} is smaller than {self.shape}")
+        grow = lambda x, *extra: np.pad(x, [(0, e) for e in extra])  # noqa: E731
+        return PackedGroups(
+            tokens=grow(self.tokens, rows - r0, length - l0), positions=grow(self.positions, rows - r0, length - l0),
+            segment_ids=grow(self.segment_ids, rows - r0, length - l0),
+            prefix_ids=np.pad(self.prefix_ids, [(0, rows - r0), (0, length - l0)], constant_values=-1),
+            predict=grow(self.predict, rows - r0, slots - s0, reply - w0),
+            targets=grow(self.targets, rows - r0, slots - s0, reply - w0),
+            response_mask=grow(self.response_mask, rows - r0, slots - s0, reply - w0),
+            sample=np.pad(self.sample, [(0, rows - r0), (0, slots - s0)], constant_values=-1),
+            num_samples=self.num_samples)
+
+
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+def plan_rows(lengths: Sequence[int], budget: int, rows_multiple: int = 1) -> tuple[list[list[int]], int]:
+    """Groups of `lengths` assigned to rows, and the row length L (a multiple of ROW_QUANTUM, >= the longest
+    group, <= max(budget, longest group) rounded up): the L whose rows x L, rows rounded up to `rows_multiple`,
+    is smallest (then the shortest L). budget 0: rows as long as the longest group (rounded up)."""
+    if not lengths:
+        raise ValueError("plan_rows: no groups")
+    round_up = lambda n: -(-n // ROW_QUANTUM) * ROW_QUANTUM  # noqa: E731
+    longest, total = max(lengths), sum(lengths)
+    top = round_up(max(budget, longest))
+    best = None
+    for length in range(round_up(longest), top + 1, ROW_QUANTUM):
+        if length * -(-total // length) > (best[0] if best else np.inf):
+            continue  # cannot beat the best even if packed perfectly
+        rows = _first_fit_decreasing(lengths, length)
+        cost = -(-len(rows) // rows_multiple) * rows_multiple * length
+        if best is None or cost < best[0]:
+            best = (cost, rows, length)
+    return best[1], best[2]
+
+
+def pack_groups(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[Sequence[int]]], *, budget: int = 0,
+                rows_multiple: int = 1, reply_width: int | None = None) -> PackedGroups:
+    """Pack group g = prompts[g] + replies[g][0] + ... ; samples are numbered group by group, reply by reply (the
+    rollout's order). Rows are padded to a multiple of `rows_multiple`; reply width defaults to the bucketed
+    longest reply."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"{len(prompts)} prompts but {len(replies)} groups of replies")
+    for g, prompt in enumerate(prompts):
+        if not len(prompt):
+            raise ValueError(f"group {g}: empty prompt")
+    lengths = [len(p) + sum(map(len, rs)) for p, rs in zip(prompts, replies)]
+    assignment, length = plan_rows(lengths, budget, rows_multiple)
+    longest_reply = max((len(r) for rs in replies for r in rs), default=1)
+    width = reply_width or bucket(max(1, longest_reply), 16)
+    if longest_reply > width:
+        raise ValueError(f"a reply of {longest_reply} tokens exceeds the reply width {width}")
+    first_sample = np.cumsum([0] + [len(rs) for rs in replies])
+    slots = max(sum(len(replies[g]) for g in row) for row in assignment)
+    num_rows = -(-len(assignment) // rows_multiple) * rows_multiple
+
+    tokens = np.zeros((num_rows, length), np.int32)
+    positions = np.zeros_like(tokens)
+    segment_ids = np.zeros_like(tokens)
+    prefix_ids = np.full_like(tokens, -1)
+    predict = np.zeros((num_rows, slots, width), np.int32)
+    targets = np.zeros_like(predict)
+    response_mask = np.zeros(predict.shape, np.float32)
+    sample = np.full((num_rows, slots), -1, np.int32)
+    for r, row in enumerate(assignment):
+        col, slot = 0, 0
+        for seg, g in enumerate(sorted(row), start=1):
+            prompt = np.asarray(prompts[g], np.int32)
+            p = len(prompt)
+            tokens[r, col:col + p] = prompt
+            positions[r, col:col + p] = np.arange(p)
+            segment_ids[r, col:col + p] = seg
+            prefix_ids[r, col:col + p] = 0
+            last_prompt = col + p - 1
+            col += p
+            for j, reply in enumerate(replies[g]):
+                n = len(reply)
+                tokens[r, col:col + n] = reply
+                positions[r, col:col + n] = p + np.arange(n)
+                segment_ids[r, col:col + n] = seg
+                prefix_ids[r, col:col + n] = j + 1
+                predict[r, slot, :n] = np.concatenate([[last_prompt], col + np.arange(n - 1)])[:n]
+                targets[r, slot, :n] = reply
+                response_mask[r, slot, :n] = 1.0
+                sample[r, slot] = first_sample[g] + j
+                col += n
+                slot += 1
+    return PackedGroups(tokens, positions, segment_ids, prefix_ids, predict, targets, response_mask, sample,
+                        int(first_sample[-1]))
