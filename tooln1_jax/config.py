@@ -93,7 +93,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10  # rollout steps (GRPO) or optimizer steps (SFT)
+    steps: int = 25  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
     micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
