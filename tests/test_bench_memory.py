@@ -6,6 +6,8 @@ import sys
 
 from conftest import REPO
 
+from tooln1_jax import config
+
 
 def _report(*args):
     out = subprocess.run([sys.executable, "-m", "tooln1_jax.bench.memory", *args], capture_output=True, text=True,
@@ -19,7 +21,9 @@ def test_memory_report_of_the_demo_config_on_four_devices():
                      "--set", "train.mini_batch_size=8")
     assert report["devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
     worst = report["worst_case"]
-    assert worst["group_tokens"] == 4096 + 4 * 48  # max prompt + G x reply cap
+    demo = config.load(REPO / "configs" / "demo.yaml")
+    cap, g = demo.rollout.max_new_tokens, demo.rollout.num_generations
+    assert worst["group_tokens"] == demo.data.max_prompt_tokens + g * cap  # max prompt + G x reply cap
     assert worst["rows"] % 4 == 0 and worst["row_tokens"] >= worst["group_tokens"]
     dev = report["per_device"]
     # the demo's 9.8M float32 parameters, sharded over fsdp=2 (the embedding's vocab axis) on each device
