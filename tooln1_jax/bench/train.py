@@ -37,7 +37,7 @@ def _trainer(args, run_dir):
                  f"train.micro_batch_size={args.micro_batch or args.prompts * args.group}",
                  f"train.pack_tokens={args.pack_tokens}", f"rollout.num_generations={args.group}",
                  f"rollout.max_new_tokens={args.new_tokens}", "train.eval_every=0", "data.test=null",
-                 "checkpoint.async_save=false"]
+                 "checkpoint.async_save=false", "data.train=samples", "sft.warm_start_steps=0"]
     cfg = config_lib.load(None, overrides)
     return GRPOTrainer(cfg, run_dir=run_dir)
 
