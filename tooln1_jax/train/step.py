@@ -111,23 +111,32 @@ def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: M
     return params, opt_state, {**metrics, "grad_norm": grad_norm}
 
 
-def _sft_update(config: Qwen2Config, micro_batch_size: int, optimizer, mesh: Mesh, prompt_width: int,
-                params, opt_state, batch: dict):
-    """Masked next-token cross-entropy on the reply tokens (token mean over the mini-batch)."""
+def _supervised_update(logprobs_fn, micro: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
+    """Masked next-token cross-entropy on the reply tokens (token mean over the mini-batch); logprobs_fn(params,
+    micro_batch) gives the reply log-probs in the layout of batch["response_mask"]."""
     den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
 
     def loss_fn(p, mb):
-        logp, _ = response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width)
+        logp = logprobs_fn(p, mb)
         mask = mb["response_mask"]
         nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
         num_tokens = jnp.sum(mask)
         target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
         return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
 
-    grads, metrics = _accumulate(loss_fn, params, batch, micro_batch_size, mesh)
+    grads, metrics = _accumulate(loss_fn, params, batch, micro, mesh)
     params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
     metrics = _token_weighted(metrics, summed=("loss",))
     return params, opt_state, {**metrics, "grad_norm": grad_norm}
+
+
+def _sft_update(config: Qwen2Config, micro_batch_size: int, optimizer, mesh: Mesh, prompt_width: int,
+                params, opt_state, batch: dict):
+    """The supervised loss on padded rows (prompt left-padded to `prompt_width`)."""
+    def logprobs_fn(p, mb):
+        return response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width)[0]
+
+    return _supervised_update(logprobs_fn, micro_batch_size, optimizer, mesh, params, opt_state, batch)
 
 
 def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, prompt_width: int, micro: int,
@@ -183,20 +192,8 @@ def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, 
 
 def _sft_update_packed(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
     """`_sft_update` on packed examples (groups of one reply)."""
-    den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
-
-    def loss_fn(p, mb):
-        logp, _ = packed_logprobs(config, p, mb)
-        mask = mb["response_mask"]
-        nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
-        num_tokens = jnp.sum(mask)
-        target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
-        return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
-
-    grads, metrics = _accumulate(loss_fn, params, batch, micro_rows, mesh)
-    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
-    metrics = _token_weighted(metrics, summed=("loss",))
-    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+    return _supervised_update(lambda p, mb: packed_logprobs(config, p, mb)[0], micro_rows, optimizer, mesh, params,
+                              opt_state, batch)
 
 
 def _packed_logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, micro_rows: int, mesh: Mesh,
