@@ -10,8 +10,8 @@
   chunk, bucketed (`bucket`), so a run compiles a few programs (`STATS["compiles"]`), not one per length.
 - Sample s = (prompt seed, sample j) draws its token at reply step r from fold_in(fold_in(rng, r), seed * G + j):
   nothing depends on the slot it runs in, the number of slots, or the host.
-- Once the queue is empty and the live samples fit a pool a quarter the size, they move into one (a gather of
-  their caches), so the drain at the end of a call does not decode mostly idle slots.
+- Once the queue is empty and the live samples fit a pool half the size, they move into one (a gather of their
+  caches), so the drain at the end of a call does not decode mostly idle slots.
 - The weights are the decode layout of `rollout.inference` (made here, or once per training step by the caller).
 
 `STATS` counts compiles, decode steps, slot-steps (slots x steps) and useful tokens (sampled tokens of live slots);
@@ -38,7 +38,8 @@ from tooln1_jax.rollout.sampling import Sampling, sample_keys, sample_step
 DEFAULT_STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: attention scores stay [P, heads, 512, T]
 DEFAULT_CHUNK_STEPS = 16
-COMPACT_RATIO = 4  # once the queue is empty, live samples move to a pool this many times smaller when they fit
+COMPACT_RATIO = 2  # once the queue is empty, live samples move to a pool this many times smaller when they fit
+MIN_SPAN = 512  # cache entries a decode chunk reads at least: below this, one program beats a compile per bucket
 STATS = {"compiles": 0, "decode_steps": 0, "slot_steps": 0, "useful_tokens": 0}
 
 
@@ -294,7 +295,7 @@ def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]]
         if not _any_host(state["live"].any()):
             break
         waiting = _any_host(next_row < total)
-        if not waiting:  # draining: move the live samples into a pool a quarter the size or less
+        if not waiting:  # draining: move the live samples into a pool half the size or less
             keep = _round_up(bucket(parallel.global_max(int(state["live"].sum()))), multiple)
             if keep * COMPACT_RATIO <= slots:
                 rows = np.concatenate([np.flatnonzero(state["live"]), np.flatnonzero(~state["live"])])[:keep]
@@ -304,7 +305,7 @@ def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]]
                 occupant, slots, global_slots = occupant[rows], keep, keep * hosts
         # ---- decode a chunk ----
         reach = int(state["pos"][state["live"]].max()) + chunk_steps if state["live"].any() else 1
-        span = min(bucket(parallel.global_max(reach), 16), capacity)
+        span = min(bucket(parallel.global_max(reach), MIN_SPAN), capacity)
         decode = _decode_program(config, sampling, stop_ids, mesh, w_treedef, w_shardings, global_slots, capacity,
                                  span, chunk_steps)
         caches, new_state, out_tok, out_logp, emitted, steps = decode(
