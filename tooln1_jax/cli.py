@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--native-tools", action="store_true", help="use the chat template's tools= branch")
     p.add_argument("--dtype", default=None)
 
+    from tooln1_jax import chain
+
+    chain.add_parser(sub)
+
     p = sub.add_parser("export", help="write a checkpoint's parameters as a Hugging Face directory")
     p.add_argument("checkpoint", help="run directory or checkpoint step directory")
     p.add_argument("--out", required=True)
@@ -115,6 +119,15 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         from tooln1_jax.eval import benchmarks
 
         benchmarks.run_cli(args)
+    elif args.command == "chain":
+        import logging
+
+        from tooln1_jax import chain
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        result = chain.run(args)
+        if "table" in result:
+            print(chain.markdown(result))
     elif args.command == "export":
         from tooln1_jax.train import checkpoint
 
