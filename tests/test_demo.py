@@ -59,13 +59,14 @@ def test_train_demo_leaves_a_complete_run_directory(demo_run):
 
 
 def test_the_demo_learns(demo_run):
-    """GRPO raises the sampled reward of the warm-started policy (fixed seeds: on this CPU class the run gives
-    0.406 over the first three steps and 0.635 over the last three; README, "Quick start")."""
+    """GRPO raises the sampled reward of the warm-started policy by the demo's acceptance figures (fixed seeds:
+    on this CPU class the run gives 0.359 over the first three steps and 0.661 over the last three; README,
+    "Quick start")."""
     run_dir, _, _ = demo_run
     figures = demo_bench.summarize(metrics_lib.read_metrics(run_dir))
     assert figures["grpo_steps"] >= demo_bench.MIN_STEPS, figures
     assert figures["last3_mean"] >= demo_bench.MIN_FINAL, figures
-    assert figures["rise"] >= 0.15, figures
+    assert figures["rise"] >= demo_bench.MIN_RISE, figures
     assert figures["val_reward"][0] == 1.0, figures  # greedy replies of the warm-started policy are right
 
 

@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    num_generations: int = 4  # G replies per prompt (reference: 5)
+    num_generations: int = 8  # G replies per prompt (reference: 5)
     max_new_tokens: int = 32  # reply cap (reference: 8192)
     temperature: float = 1.0  # (reference: 0.7)
     top_p: float = 1.0
@@ -93,7 +93,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 25  # rollout steps (GRPO) or optimizer steps (SFT)
+    steps: int = 20  # rollout steps (GRPO) or optimizer steps (SFT)
     batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
     micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
