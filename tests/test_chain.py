@@ -76,9 +76,8 @@ def test_chain_runs_every_stage_and_continues_without_redoing_them(tiny_model, t
     assert [m["step"] for m in grpo_steps] == [1, 2]
     assert [s for s, _ in result["grpo_reward"]["per_step"]] == [1, 2]
     assert (out / "reward.png").stat().st_size > 0 and (out / "sft_model" / "config.json").exists()
-    sft_config = json.loads((out / "grpo" / "config.json").read_text()) if (out / "grpo" / "config.json").exists() \
-        else None
-    assert sft_config is None or sft_config["model"]["path"] == str(out / "sft_model")
+    import yaml
+    assert yaml.safe_load((out / "grpo" / "config.yaml").read_text())["model"]["path"] == str(out / "sft_model")
     # the SFT stage changed the weights the GRPO stage starts from
     from tooln1_jax.models import weights
     _, base = weights.load(tiny_model, dtype="float32")

@@ -87,7 +87,6 @@ def run(args) -> dict:
                 "eval": {"benchmark": "bfcl", "categories": list(args.eval_categories), "limit": args.eval_limit,
                          "max_new_tokens": args.eval_max_new_tokens, "decoding": "greedy"},
                 "overrides": {"sft": list(args.sft_set), "grpo": list(args.grpo_set)}}
-    _write_json(out / "settings.json", settings)
     stages = [
         ("eval_base", lambda: _evaluate(args.model, out / "eval_base", args)),
         ("sft", lambda: _train("sft", args.sft_config, args.model, out / "sft", list(args.sft_set))),
@@ -98,6 +97,7 @@ def run(args) -> dict:
     ]
     if args.stop_after and args.stop_after not in dict(stages):
         raise ValueError(f"--stop-after {args.stop_after!r}: not a stage ({', '.join(n for n, _ in stages)})")
+    _write_json(out / "settings.json", settings)
     for name, fn in stages:
         if _stage_done(out, name):
             log.info("chain: %s already done, skipped", name)

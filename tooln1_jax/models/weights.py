@@ -216,7 +216,7 @@ class GGUFSource(TensorSource):
         if not self.path.exists():
             raise FileNotFoundError(f"GGUF file not found: {self.path}")
         try:
-            self.reader = _PlainArrayReader(str(self.path))
+            self.reader = _plain_array_reader()(str(self.path))
         except Exception as e:  # the reader raises assorted errors on a damaged file
             raise ValueError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
         arch = self._field("general.architecture")
@@ -265,7 +265,9 @@ class GGUFSource(TensorSource):
         return dequantize(np.asarray(t.data), t.tensor_type).reshape(tuple(int(d) for d in reversed(t.shape)))
 
 
+@functools.cache
 def _plain_array_reader():
+    """The GGUFReader subclass below, made on first use (gguf is imported lazily)."""
     import gguf
 
     class PlainArrayReader(gguf.GGUFReader):
@@ -281,10 +283,6 @@ def _plain_array_reader():
             self._plain = np.asarray(value)
 
     return PlainArrayReader
-
-
-def _PlainArrayReader(path: str):  # noqa: N802 (a class made on first use: gguf imports lazily)
-    return _plain_array_reader()(path)
 
 
 class ArraySource(TensorSource):
