@@ -110,6 +110,63 @@ def test_weight_decay_is_decoupled():
     np.testing.assert_allclose(updates["w"], -cfg.lr * cfg.weight_decay * np.array([2.0, -4.0]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("untied_head", [False, True])
+def test_token_rows_train_at_their_own_learning_rate(untied_head):
+    """Rows of `optim.token_rows` move as a plain AdamW at `token_rows_lr` would move them, every other entry as
+    one at `lr` (the same warmup schedule scaling both, weight decay included)."""
+    cfg = OptimConfig(lr=1e-3, token_rows_lr=5e-2, warmup_steps=2, weight_decay=0.1, max_grad_norm=1e9)
+    rows = (3, 7)
+    rng = np.random.default_rng(0)
+    params = {"model": {"embed_tokens": {"embedding": jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)},
+                        "norm": {"scale": jnp.ones(4)}}}
+    if untied_head:
+        params["lm_head"] = {"kernel": jnp.asarray(rng.normal(size=(4, 10)), jnp.float32)}
+    ours = make_optimizer(cfg, 10, rows)
+
+    def plain(lr):
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, 2), optax.constant_schedule(lr)], [2])
+        return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+    runs = {name: (opt, opt.init(params), params) for name, opt in
+            [("ours", ours), ("slow", plain(cfg.lr)), ("fast", plain(cfg.token_rows_lr))]}
+    for step in range(4):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+        for name, (opt, state, p) in runs.items():
+            updates, state = opt.update(grads, state, p)
+            runs[name] = (opt, state, optax.apply_updates(p, updates))
+    ours_p, slow_p, fast_p = (runs[n][2] for n in ("ours", "slow", "fast"))
+    is_row = np.isin(np.arange(10), rows)
+    for path, token_axis in [(("model", "embed_tokens", "embedding"), 0)] + (
+            [(("lm_head", "kernel"), 1)] if untied_head else []):
+        got, slow, fast = (np.asarray(_at(p, path))
+                           for p in (ours_p, slow_p, fast_p))
+        expected = np.where(np.expand_dims(is_row, 1 - token_axis), fast, slow)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(fast, slow)  # the two rates did differ
+    np.testing.assert_allclose(ours_p["model"]["norm"]["scale"], slow_p["model"]["norm"]["scale"], rtol=1e-6)
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def test_token_rows_are_read_from_the_tokenizer_and_unknown_ones_are_named():
+    from tooln1_jax import assets
+    from tooln1_jax.config import ConfigError
+    from tooln1_jax.train.run import token_row_ids
+
+    tokenizer = assets.load_tokenizer(None)
+    assert token_row_ids(tokenizer, "<tool_call> </tool_call>", 151936) == (
+        tokenizer.convert_tokens_to_ids("<tool_call>"), tokenizer.convert_tokens_to_ids("</tool_call>"))
+    assert token_row_ids(tokenizer, "", 151936) == ()
+    with pytest.raises(ConfigError, match="optim.token_rows: '<toolcall>' is not a token"):
+        token_row_ids(tokenizer, "<tool_call> <toolcall>", 151936)
+    with pytest.raises(ConfigError, match="beyond the model's vocabulary of 64"):
+        token_row_ids(tokenizer, "<tool_call>", 64)
+
+
 SAVE_THEN_DIE = textwrap.dedent("""
     import os, sys
     import jax.numpy as jnp

@@ -89,6 +89,10 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # Tokens (whitespace-separated, e.g. "<tool_call> </tool_call>") whose embedding and head rows train at
+    # `token_rows_lr` instead of `lr` (the schedule scales both): for special tokens a checkpoint left untrained
+    token_rows: str = ""
+    token_rows_lr: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +225,7 @@ RANGES = {
     "optim.b2": UNIT_OPEN,
     "optim.eps": POSITIVE,
     "optim.max_grad_norm": POSITIVE,
+    "optim.token_rows_lr": NON_NEGATIVE,
     "train.steps": POSITIVE_INT,
     "train.batch_size": POSITIVE_INT,
     "train.mini_batch_size": POSITIVE_INT,

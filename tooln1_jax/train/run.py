@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax import assets, parallel
-from tooln1_jax.config import RunConfig, dump, validate
+from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
 from tooln1_jax.models import presets, qwen2, weights
@@ -50,6 +50,20 @@ def build_params(cfg: RunConfig, config: Qwen2Config, mesh):
     shardings = parallel.shardings(shapes, logical, mesh)
     init = jax.jit(lambda key: qwen2.init_params(config, key), out_shardings=shardings)
     return init(jax.random.key(cfg.model.init_seed))
+
+
+def token_row_ids(tokenizer, tokens: str, vocab_size: int) -> tuple[int, ...]:
+    """The ids of `optim.token_rows` (whitespace-separated tokens of the tokenizer's vocabulary)."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for token in tokens.split():
+        if token not in vocab:
+            raise ConfigError(f"optim.token_rows: {token!r} is not a token of the tokenizer ({tokenizer.name_or_path})")
+        if vocab[token] >= vocab_size:
+            raise ConfigError(f"optim.token_rows: {token!r} has id {vocab[token]}, beyond the model's vocabulary "
+                              f"of {vocab_size}")
+        ids.append(vocab[token])
+    return tuple(ids)
 
 
 def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[str], list[list[int]]]:
@@ -119,7 +133,8 @@ class TrainingRun:
             checkpoint.check_compatible(self.checkpoints.meta(latest)["model"], self.model_config,
                                         str(self.checkpoints.directory / str(latest)))
         self.params = build_params(cfg, self.model_config, self.mesh)
-        self.optimizer = make_optimizer(cfg.optim, self.total_updates())
+        self.token_row_ids = token_row_ids(self.tokenizer, cfg.optim.token_rows, self.model_config.vocab_size)
+        self.optimizer = make_optimizer(cfg.optim, self.total_updates(), self.token_row_ids)
         self.steps = StepFunctions(self.model_config, self.optimizer, self.mesh, self.params)
         self.opt_state = self.steps.init_opt_state(self.params)
         self.base_key = jax.random.key(t.seed)

@@ -102,7 +102,7 @@ def warm_start(run: TrainingRun, progress: bool = True) -> list[dict]:
     loader = PromptLoader(records, batch_size=cfg.train.batch_size // hosts, seed=cfg.train.seed,
                           shuffle=cfg.data.shuffle, shard_index=jax.process_index(), shard_count=hosts)
     optim = dataclasses.replace(cfg.optim, lr=cfg.sft.warm_start_lr, schedule="constant", warmup_steps=0)
-    steps = StepFunctions(run.model_config, make_optimizer(optim, n), run.mesh, run.params)
+    steps = StepFunctions(run.model_config, make_optimizer(optim, n, run.token_row_ids), run.mesh, run.params)
     opt_state = steps.init_opt_state(run.params)
     from tqdm.auto import tqdm
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,10 @@ from tooln1_jax.train.sequences import packed_logprobs, response_logprobs
 PACKED_KEYS = ("tokens", "positions", "segment_ids", "prefix_ids", "predict", "targets")
 
 
-def make_optimizer(cfg: OptimConfig, total_updates: int) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; constant or warmup + cosine learning rate."""
+def make_optimizer(cfg: OptimConfig, total_updates: int,
+                   token_ids: Sequence[int] = ()) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping; constant or warmup + cosine learning rate. The embedding (and untied head)
+    rows of `token_ids` train at `cfg.token_rows_lr` (their updates scaled by token_rows_lr / lr)."""
     if cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(total_updates, cfg.warmup_steps + 1))
     elif cfg.warmup_steps:
@@ -38,8 +41,28 @@ def make_optimizer(cfg: OptimConfig, total_updates: int) -> optax.GradientTransf
                                    optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
     else:
         lr = cfg.lr
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
-                       optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
+    adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if token_ids and cfg.token_rows_lr:
+        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw,
+                           scale_token_rows(token_ids, cfg.token_rows_lr / cfg.lr))
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+
+
+def scale_token_rows(token_ids: Sequence[int], factor: float) -> optax.GradientTransformation:
+    """Multiplies the updates of the token embedding rows `token_ids` (and the untied head's columns) by `factor`."""
+    ids = jnp.asarray(sorted(set(token_ids)), jnp.int32)
+
+    def update(updates, state, params=None):
+        del params
+        updates = dict(updates)
+        model = dict(updates["model"])
+        model["embed_tokens"] = {"embedding": model["embed_tokens"]["embedding"].at[ids].multiply(factor)}
+        updates["model"] = model
+        if "lm_head" in updates:
+            updates["lm_head"] = {"kernel": updates["lm_head"]["kernel"].at[:, ids].multiply(factor)}
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _split_micro(x: jax.Array, micro: int, sharding: NamedSharding | None) -> jax.Array:
