@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax.rewards import toolcall
-from tooln1_jax.train.trainer import ToolCallReward
+from tooln1_jax.train.trainer import Rewards
 
 CALLS = [{"name": "weather", "arguments": {"city": "Oslo"}}, {"name": "convert", "arguments": {"value": 5}}]
 
@@ -30,8 +30,10 @@ def test_worker_processes_give_the_in_process_rewards_after_jax_started():
     jax.block_until_ready(jax.jit(lambda x: x @ x)(jnp.ones((64, 64))))  # the JAX runtime and its threads are up
     replies, records = replies_and_records()
     for variant in toolcall.VARIANTS:
-        local = ToolCallReward(variant)(records, replies, None)
-        pooled_fn = ToolCallReward(variant, workers=2)
+        local = Rewards((variant,))(records, replies, None)
+        np.testing.assert_array_equal(local[0], np.float32([toolcall.score(r, rec["answer"], variant)
+                                                            for r, rec in zip(replies, records)]))
+        pooled_fn = Rewards((variant,), workers=2)
         try:
             assert pooled_fn._pool._mp_context.get_start_method() in ("forkserver", "spawn")
             pooled = pooled_fn(records, replies, None)

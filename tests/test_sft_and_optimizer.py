@@ -158,13 +158,13 @@ def test_token_rows_are_read_from_the_tokenizer_and_unknown_ones_are_named():
     from tooln1_jax.train.run import token_row_ids
 
     tokenizer = assets.load_tokenizer(None)
-    assert token_row_ids(tokenizer, "<tool_call> </tool_call>", 151936) == (
+    assert token_row_ids(tokenizer, ["<tool_call>", "</tool_call>"], 151936) == (
         tokenizer.convert_tokens_to_ids("<tool_call>"), tokenizer.convert_tokens_to_ids("</tool_call>"))
-    assert token_row_ids(tokenizer, "", 151936) == ()
+    assert token_row_ids(tokenizer, [], 151936) == ()
     with pytest.raises(ConfigError, match="optim.token_rows: '<toolcall>' is not a token"):
-        token_row_ids(tokenizer, "<tool_call> <toolcall>", 151936)
+        token_row_ids(tokenizer, ["<tool_call>", "<toolcall>"], 151936)
     with pytest.raises(ConfigError, match="beyond the model's vocabulary of 64"):
-        token_row_ids(tokenizer, "<tool_call>", 64)
+        token_row_ids(tokenizer, ["<tool_call>"], 64)
 
 
 SAVE_THEN_DIE = textwrap.dedent("""

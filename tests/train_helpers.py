@@ -53,6 +53,9 @@ class FakeTokenizer:
     def batch_decode(self, ids, skip_special_tokens=False):
         return [" ".join(map(str, row)) for row in ids]
 
+    def decode(self, ids, skip_special_tokens=False):
+        return " ".join(map(str, ids))
+
 
 def trainer(cfg, run_dir, *, resume=False, records=None, reward_fn=digit_reward):
     from tooln1_jax.train.trainer import GRPOTrainer

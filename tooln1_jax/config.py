@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tooln1_jax import files
+from tooln1_jax.rewards import plugins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,10 @@ class GRPOConfig:
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coef: float = 0.0
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
-    reward: str = "binary"  # binary | binary_no_think | think_partial | name_partial
+    # built-in rewards (binary | binary_no_think | think_partial | name_partial) and/or plug-ins
+    # "package.module:function" (rewards/plugins.py); several are summed with `reward_weights` (empty: all 1)
+    reward: tuple[str, ...] = ("binary",)
+    reward_weights: tuple[float, ...] = ()
     ref_dtype: str = "param"  # the frozen reference model's weights: param (model.param_dtype) | compute (model.dtype)
 
 
@@ -89,9 +93,9 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     max_grad_norm: float = 1.0
-    # Tokens (whitespace-separated, e.g. "<tool_call> </tool_call>") whose embedding and head rows train at
-    # `token_rows_lr` instead of `lr` (the schedule scales both): for special tokens a checkpoint left untrained
-    token_rows: str = ""
+    # tokens (e.g. ["<tool_call>", "</tool_call>"]) whose embedding and head rows train at `token_rows_lr` instead
+    # of `lr` (the schedule scales both): for special tokens a checkpoint left untrained
+    token_rows: tuple[str, ...] = ()
     token_rows_lr: float = 0.0
 
 
@@ -153,7 +157,9 @@ class RunConfig:
     mesh: MeshConfig = MeshConfig()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists (list-valued fields are tuples in the config, lists here, as YAML writes them)."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                                    for k, v in items})
 
     def replace(self, **sections) -> "RunConfig":
         return dataclasses.replace(self, **sections)
@@ -276,9 +282,14 @@ def check_ranges(config: RunConfig) -> None:
 
 
 def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
-    """The value, if it fits the annotation (int accepted for float); else a ConfigError naming the key."""
+    """The value, if it fits the annotation (int accepted for float; for a list field `tuple[X, ...]`, a list of X
+    or one X); else a ConfigError naming the key."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     for option in options:
+        if typing.get_origin(option) is tuple:
+            item = typing.get_args(option)[0]
+            items = value if isinstance(value, list | tuple) else [value]
+            return tuple(_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(items))
         if option is type(None) and value is None:
             return None
         if option is bool and isinstance(value, bool):
@@ -424,7 +435,6 @@ def validate(config: RunConfig) -> None:
                           f"of train.micro_batch_size {t.micro_batch_size}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
                "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")),
-               "grpo.reward": (g.reward, ("binary", "binary_no_think", "think_partial", "name_partial")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
                "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
@@ -435,6 +445,17 @@ def validate(config: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    if not g.reward:
+        raise ConfigError("grpo.reward is empty: name at least one reward")
+    for spec in g.reward:
+        if not plugins.is_builtin(spec) and not plugins.is_plugin_spec(spec):
+            raise ConfigError(f"grpo.reward {spec!r} is neither a built-in ({', '.join(plugins.BUILTINS)}) nor a "
+                              "plug-in 'package.module:function'")
+    if g.reward_weights and len(g.reward_weights) != len(g.reward):
+        raise ConfigError(f"grpo.reward_weights has {len(g.reward_weights)} values for {len(g.reward)} rewards "
+                          f"{list(g.reward)}")
+    if not all(math.isfinite(w) for w in g.reward_weights):
+        raise ConfigError(f"grpo.reward_weights must be finite, got {list(g.reward_weights)}")
 
 
 def dump(config: RunConfig, path: str | Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -52,11 +53,13 @@ def build_params(cfg: RunConfig, config: Qwen2Config, mesh):
     return init(jax.random.key(cfg.model.init_seed))
 
 
-def token_row_ids(tokenizer, tokens: str, vocab_size: int) -> tuple[int, ...]:
-    """The ids of `optim.token_rows` (whitespace-separated tokens of the tokenizer's vocabulary)."""
+def token_row_ids(tokenizer, tokens: Sequence[str], vocab_size: int) -> tuple[int, ...]:
+    """The ids of `optim.token_rows` (tokens of the tokenizer's vocabulary)."""
+    if not tokens:
+        return ()
     vocab = tokenizer.get_vocab()
     ids = []
-    for token in tokens.split():
+    for token in tokens:
         if token not in vocab:
             raise ConfigError(f"optim.token_rows: {token!r} is not a token of the tokenizer ({tokenizer.name_or_path})")
         if vocab[token] >= vocab_size:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax import parallel
-from tooln1_jax.rewards import toolcall
+from tooln1_jax.rewards import plugins
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import grpo, packing, sft
 from tooln1_jax.train.run import StepResult, TrainingRun, decode_replies
@@ -36,21 +36,45 @@ def _worker_context() -> multiprocessing.context.BaseContext:
                                        else "spawn")
 
 
-class ToolCallReward:
-    """The Tool-N1 rule-based reward of each reply against its record's answer; also exact-match and format rates.
-    With `workers`, replies are scored in that many processes (they import only the jax-free rewards module)."""
+class Rewards:
+    """The rewards of `grpo.reward` (built-ins and plug-ins, `rewards/plugins.py`) summed with their weights, plus
+    the exact-match and format rates of the Tool-N1 check, and each function's values when there are several.
+    With `workers`, chunks of replies are scored in that many processes (they import only the jax-free rewards
+    modules and the plug-ins)."""
 
-    def __init__(self, variant: str = "binary", workers: int = 0):
-        self.variant = variant
+    CHUNK = 64
+
+    def __init__(self, specs: Sequence[str], weights: Sequence[float] = (), workers: int = 0, tokenizer=None):
+        self.specs, self.weights = tuple(specs), tuple(weights) or (1.0,) * len(specs)
+        for spec in self.specs:
+            plugins.load(spec)  # an import error stops the run here, before any rollout
+        self.needs_prompts = not all(plugins.is_builtin(s) for s in self.specs)
+        self.tokenizer = tokenizer
         self._pool = ProcessPoolExecutor(workers, mp_context=_worker_context()) if workers > 0 else None
 
     def __call__(self, records, replies, reply_ids):
-        answers = [record["answer"] for record in records]
-        variants = [self.variant] * len(replies)
-        results = list(self._pool.map(toolcall.score_details, replies, answers, variants, chunksize=64)
-                       if self._pool else map(toolcall.score_details, replies, answers, variants))
-        rewards, exact, formatted = (np.array(x, np.float32) for x in zip(*results))
-        return rewards, {"exact_match": exact, "format_ok": formatted}
+        prompts = self._prompt_texts(records) if self.needs_prompts else [""] * len(replies)
+        keys = [k for k in records[0] if k not in ("prompt_ids", "target_ids")]
+        columns = {k: [r.get(k) for r in records] for k in keys}
+        starts = range(0, len(replies), self.CHUNK)
+        chunks = [(self.specs, self.weights, prompts[i:i + self.CHUNK], replies[i:i + self.CHUNK],
+                   {k: v[i:i + self.CHUNK] for k, v in columns.items()}) for i in starts]
+        results = list(self._pool.map(plugins.score_chunk, *zip(*chunks)) if self._pool and chunks
+                       else (plugins.score_chunk(*c) for c in chunks))
+        rewards = np.array([x for r in results for x in r[0]], np.float32)
+        extra = {"exact_match": np.array([x for r in results for x in r[2]], np.float32),
+                 "format_ok": np.array([x for r in results for x in r[3]], np.float32)}
+        if len(self.specs) > 1:  # each function's mean over the replies it applies to
+            for spec in self.specs:
+                extra[spec] = np.array([np.nan if x is None else x for r in results for x in r[1][spec]], np.float32)
+        return rewards, extra
+
+    def _prompt_texts(self, records) -> list[str]:
+        texts: dict[int, str] = {}  # a prompt's G rows share one record object
+        for r in records:
+            if id(r) not in texts:
+                texts[id(r)] = self.tokenizer.decode(r["prompt_ids"])
+        return [texts[id(r)] for r in records]
 
     def close(self):
         if self._pool:
@@ -65,6 +89,9 @@ class GRPOTrainer(TrainingRun):
 
     def __init__(self, cfg, *, reward_fn: RewardFn | None = None, **kwargs):
         self._reward_fn = reward_fn
+        if reward_fn is None:
+            for spec in cfg.grpo.reward:
+                plugins.load(spec)  # a plug-in that does not import stops the run before the model loads
         super().__init__(cfg, **kwargs)
         if self.metrics is not None and self.step == 0:
             self.log_warm_start()
@@ -97,7 +124,8 @@ class GRPOTrainer(TrainingRun):
             dtype = self.model_config.dtype if cfg.grpo.ref_dtype == "compute" else None
             self.ref_params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype or x.dtype), p),
                                       out_shardings=self.steps.param_shardings)(self.params)
-        self.reward_fn = self._reward_fn or ToolCallReward(cfg.grpo.reward, cfg.train.reward_workers)
+        self.reward_fn = self._reward_fn or Rewards(cfg.grpo.reward, cfg.grpo.reward_weights,
+                                                    cfg.train.reward_workers, self.tokenizer)
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
         self.packed_settings = dataclasses.replace(self.settings, micro_batch_size=self.micro_rows())
@@ -262,7 +290,7 @@ class GRPOTrainer(TrainingRun):
         metrics = jax.device_get(grpo.group_reward_metrics(jnp.asarray(self.all_rows(rewards)), g))
         metrics = {k: float(v) for k, v in metrics.items()}
         for name, values in extra.items():
-            metrics[f"reward/{name}"] = float(np.mean(self.all_rows(np.asarray(values, np.float32))))
+            metrics[f"reward/{name}"] = float(np.nanmean(self.all_rows(np.asarray(values, np.float32))))
         for key in update_metrics[0]:
             metrics[key] = float(np.mean([m[key] for m in update_metrics]))
         stopped = self.all_rows((rollout.finish_reason == "stop").astype(np.float32))
@@ -288,5 +316,5 @@ class GRPOTrainer(TrainingRun):
 
     def close(self):
         super().close()
-        if isinstance(self.reward_fn, ToolCallReward):
+        if isinstance(self.reward_fn, Rewards):
             self.reward_fn.close()
