@@ -28,6 +28,7 @@ setup(
         "pyarrow>=15",  # parquet records (data/records.py)
         "ml_dtypes>=0.4",  # bfloat16 safetensors (models/safetensors_io.py)
         "huggingface_hub>=0.30",  # hub ids as model.path (models/weights.py)
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow (train/metrics.py)
     ],
     extras_require={
         "dev": [
@@ -46,7 +47,6 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
         ],
-        "tf": ["tensorflow-cpu>=2.16", "tensorboard>=2.16"],  # TF >= 2.20 no longer pulls tensorboard
     },
     entry_points={"console_scripts": ["tooln1=tooln1_jax.cli:main"]},
 )

@@ -1,5 +1,5 @@
-"""Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars when tensorflow and
-tensorboard are importable, sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
+"""Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars (tensorboardX, no
+TensorFlow), sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
 jax scalars).
 
 Resuming: `MetricsLogger(run_dir, resume_step=k)` first drops the lines with step > k from both files (the steps
@@ -31,8 +31,7 @@ logger = logging.getLogger(__name__)
 
 class MetricsLogger:
     """Writes `run_dir/metrics.jsonl` ({"step": step, **metrics} per line, flushed) and, with `log_samples`,
-    `run_dir/samples.jsonl`. `tensorboard`: True = required, False = off, None = on when tensorflow and
-    tensorboard import.
+    `run_dir/samples.jsonl`. `tensorboard`: True = required, False = off, None = on when tensorboardX imports.
     `resume_step`: the step of the checkpoint a resumed run starts from (see the module docstring); without it
     the files are appended to, and logging a step below one already in a file is an error."""
 
@@ -212,15 +211,17 @@ def _json_default(value: Any) -> Any:
 
 
 class _TensorBoard:
-    def __init__(self, logdir: Path, tf):
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(logdir))
+    """Scalars as TensorBoard event files, written by tensorboardX (no TensorFlow)."""
+
+    def __init__(self, logdir: Path):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(logdir), flush_secs=30)
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
-        with self._writer.as_default(step=step):
-            for key, value in record.items():
-                if key != "step":
-                    self._tf.summary.scalar(key, float(value))
+        for key, value in record.items():
+            if key != "step" and value is not None:
+                self._writer.add_scalar(key, float(value), step)
         self._writer.flush()
 
     def close(self) -> None:
@@ -231,16 +232,10 @@ def _open_tensorboard(logdir: Path, wanted: bool | None) -> _TensorBoard | None:
     if wanted is False:
         return None
     try:
-        import tensorboard  # noqa: F401  (tf.summary needs it; tensorflow >= 2.20 no longer installs it)
-        import tensorflow as tf
+        import tensorboardX  # noqa: F401
     except ImportError:
         if wanted:
-            raise ImportError("MetricsLogger(tensorboard=True) needs tensorflow and tensorboard: "
-                              "pip install 'tooln1-jax[tf]'") from None
-        logger.warning("tensorflow/tensorboard not installed: TensorBoard logging off (metrics.jsonl only)")
+            raise ImportError("MetricsLogger(tensorboard=True) needs tensorboardX: pip install tensorboardX") from None
+        logger.warning("tensorboardX not installed: TensorBoard logging off (metrics.jsonl only)")
         return None
-    try:  # TensorFlow must not take accelerator memory from JAX
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # already initialised by someone else: leave it
-        pass
-    return _TensorBoard(logdir, tf)
+    return _TensorBoard(logdir)

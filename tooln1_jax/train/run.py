@@ -69,6 +69,36 @@ def token_row_ids(tokenizer, tokens: Sequence[str], vocab_size: int) -> tuple[in
     return tuple(ids)
 
 
+LOG_FILE = "run.log"
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def banner(run: "TrainingRun") -> str:
+    """Where and what a run is: version, backend, devices, processes, mesh, parameter count, model and data."""
+    from tooln1_jax import __version__
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    mesh = " ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
+    cfg = run.cfg
+    return (f"tooln1-jax {__version__} {run.name}: jax {jax.__version__}, backend {jax.default_backend()}, "
+            f"{len(devices)} device(s) ({', '.join(kinds)}), {jax.process_count()} process(es), mesh {mesh}; "
+            f"model {cfg.model.path or cfg.model.preset or 'random init'} ({params:,} parameters, {cfg.model.param_dtype} weights, "
+            f"{run.model_config.dtype} compute); {len(run.train_records)} training records; run dir {run.run_dir}")
+
+
 def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[str], list[list[int]]]:
     """Reply texts (stop token excluded, special tokens kept) and their token ids."""
     ids = sampler.reply_ids(rollout, stop_ids)
@@ -94,6 +124,7 @@ class TrainingRun:
     """Set-up and loop shared by `GRPOTrainer` and `SFTTrainer`; they add `train_step()`."""
 
     name = "run"
+    _log_file: logging.Handler | None = None
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
@@ -149,6 +180,8 @@ class TrainingRun:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump(cfg, self.run_dir / "config.yaml")
         self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.is_main else None
+        self._log_file = _attach_log_file(self.run_dir / LOG_FILE) if self.is_main else None
+        log.info("%s", banner(self))
 
     # -- hooks for the subclasses ------------------------------------------------------------------------------
     def prepare_records(self, records: list[dict]) -> list[dict]:
@@ -309,3 +342,7 @@ class TrainingRun:
 
     def close(self):
         self.checkpoints.close()
+        if self._log_file is not None:
+            logging.getLogger().removeHandler(self._log_file)
+            self._log_file.close()
+            self._log_file = None
