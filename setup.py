@@ -40,6 +40,8 @@ setup(
             "gguf>=0.16",
             "tooln1-jax[notebook]",
         ],
+        "tpu": ["jax[tpu]>=0.10"],  # Cloud TPU VMs (README "Cloud TPU VM")
+        "cuda": ["jax[cuda12]>=0.10"],  # NVIDIA GPUs, CUDA 12 wheels (README "GPU machine")
         "notebook": [  # notebooks/eval.ipynb and the test that runs it
             "pandas>=2.0",
             "ipython>=8",

@@ -64,6 +64,18 @@ def parse_mesh_spec(spec: Mapping[str, int] | str | None) -> dict[str, int]:
     return sizes
 
 
+CPU_HINT = (" (JAX runs on CPU here: a plain `pip install` gives CPU-only JAX; on a Cloud TPU VM install "
+            "'tooln1-jax[tpu]', on an NVIDIA GPU machine 'tooln1-jax[cuda]')")
+LARGE_ON_CPU = 2_000_000_000  # parameters: above this, training or evaluating on CPU is almost surely a mistake
+
+
+def cpu_warning(num_params: int) -> str | None:
+    """A warning when a large model is about to run on CPU (JAX installed without accelerator support)."""
+    if jax.default_backend() != "cpu" or num_params < LARGE_ON_CPU:
+        return None
+    return f"a {num_params / 1e9:.1f}B-parameter model on CPU{CPU_HINT}"
+
+
 def make_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `devices` (default: all) with axes (data, fsdp, tensor); -1 takes the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
@@ -76,7 +88,8 @@ def make_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[jax
             sizes[axis] = len(devices) // fixed
     shape = tuple(sizes[axis] for axis in MESH_AXES)
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh spec {sizes} needs {math.prod(shape)} devices, but {len(devices)} are available")
+        raise ValueError(f"mesh spec {sizes} needs {math.prod(shape)} devices, but {len(devices)} are available"
+                         + (CPU_HINT if jax.default_backend() == "cpu" else ""))
     try:
         from jax.experimental import mesh_utils
 

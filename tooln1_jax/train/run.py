@@ -182,6 +182,8 @@ class TrainingRun:
         self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.is_main else None
         self._log_file = _attach_log_file(self.run_dir / LOG_FILE) if self.is_main else None
         log.info("%s", banner(self))
+        if warning := parallel.cpu_warning(self.model_config.num_params):
+            log.warning("%s", warning)
 
     # -- hooks for the subclasses ------------------------------------------------------------------------------
     def prepare_records(self, records: list[dict]) -> list[dict]:
