@@ -75,7 +75,7 @@ def test_export_of_the_demo_checkpoint_loads_in_transformers_with_the_same_logit
     from transformers import AutoModelForCausalLM
 
     from tooln1_jax.models import qwen2
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
 
     run_dir, _, _ = demo_run
     _tooln1("export", str(run_dir), "--out", str(tmp_path / "hf"))

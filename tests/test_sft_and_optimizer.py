@@ -19,7 +19,7 @@ from conftest import REPO
 from tooln1_jax import parallel
 from tooln1_jax.config import OptimConfig
 from tooln1_jax.models import qwen2
-from tooln1_jax.train import checkpoint
+from tooln1_jax import checkpoint
 from tooln1_jax.train.sequences import pack
 from tooln1_jax.train.step import StepFunctions, make_optimizer
 
@@ -170,7 +170,7 @@ def test_token_rows_are_read_from_the_tokenizer_and_unknown_ones_are_named():
 SAVE_THEN_DIE = textwrap.dedent("""
     import os, sys
     import jax.numpy as jnp
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
     ckpt = checkpoint.Checkpoints(sys.argv[1], keep=5, async_save=True)
     params = {"w": jnp.full((256, 256), 1.0)}
     ckpt.save(1, params, params, {"step": 1})

@@ -116,7 +116,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrup
     assert len(resumed) == steps - done[-1]
     assert _comparable(resumed[-1]) == _comparable(full[-1])
 
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
 
     _, a = checkpoint.load_model(full_dir)
     _, b = checkpoint.load_model(run_dir)
@@ -229,7 +229,7 @@ def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
 def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     """SIGTERM after step 2 of 6 (during step 3's rollout): step 3 is abandoned, a checkpoint of step 2 is written,
     the exit status is EXIT_INTERRUPTED; --resume finishes at step 6 with the uninterrupted run's parameters."""
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
     from tooln1_jax.train.preemption import EXIT_INTERRUPTED
 
     full, full_dir = uninterrupted  # checkpoints every step there: the same math
@@ -291,7 +291,7 @@ def test_metrics_without_a_checkpoint_are_refused_at_start_without_resume(tmp_pa
 
 
 def test_unfinished_orbax_saves_are_removed_at_start(tmp_path):
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
 
     stale = [tmp_path / "run" / "checkpoints" / name for name in ("3.orbax-checkpoint-tmp",
                                                                   "4.orbax-checkpoint-tmp-1712345678")]

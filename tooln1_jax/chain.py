@@ -113,7 +113,7 @@ def run(args) -> dict:
 
 
 def _export(run_dir: Path, out_dir: Path) -> None:
-    from tooln1_jax.train import checkpoint
+    from tooln1_jax import checkpoint
 
     checkpoint.export_hf(run_dir, out_dir)
 

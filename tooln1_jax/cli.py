@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
 
     p = sub.add_parser("eval", help="score a model or saved predictions on BFCL / API-Bank / ACEBench")
     p.add_argument("benchmark", choices=["bfcl", "apibank", "acebench", "all"])
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", choices=["first", "last"], default=None,
                    help="which <tool_call> block to read (default: first for BFCL, last otherwise)")
     p.add_argument("--native-tools", action="store_true", help="use the chat template's tools= branch")
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
 
     from tooln1_jax import chain
 
@@ -129,7 +131,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         if "table" in result:
             print(chain.markdown(result))
     elif args.command == "export":
-        from tooln1_jax.train import checkpoint
+        from tooln1_jax import checkpoint
 
         checkpoint.export_hf(args.checkpoint, args.out)
     elif args.command == "convert":

@@ -19,10 +19,9 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from tooln1_jax import assets
+from tooln1_jax import assets, checkpoint, parallel
 from tooln1_jax.data import prompts
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import checkpoint
 
 ROLES = ("system", "user", "assistant", "tool")
 LINE_KEYS = ("messages", "tools")
@@ -172,7 +171,8 @@ def run(args: argparse.Namespace, out=None) -> None:
     tokenizer = assets.load_tokenizer(args.model)
     prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"]
                   for text in build_prompts(conversations, tokenizer)]
-    config, params = checkpoint.load_model(args.model, dtype=args.dtype)
+    mesh = parallel.make_mesh(args.mesh) if getattr(args, "mesh", None) else None
+    config, params = checkpoint.load_model(args.model, mesh=mesh, dtype=args.dtype)
     params = sampler.prepare(config, params)  # the decode layout, made once (the loaded tree is dropped)
     stop_ids = sampler.DEFAULT_STOP_IDS
     key = jax.random.key(args.seed)

@@ -184,9 +184,10 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
 def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories: list[str] | None = None,
              limit: int | None = None, block: str | None = None, native_tools: bool = False,
              tokenizer=None, max_new_tokens: int = 512, batch_size: int = 16, dtype: str | None = None,
-             out: str | os.PathLike | None = None) -> Evaluation:
+             mesh: str | None = None, out: str | os.PathLike | None = None) -> Evaluation:
     """Generate and score. `model`: a model path (HF dir, .gguf, run or checkpoint dir), or a function taking
-    the prompt texts and returning the replies. With `out`, the results are written there too."""
+    the prompt texts and returning the replies. `mesh` (e.g. "fsdp=8"): shard the model over that device mesh
+    (default: one device). With `out`, the results are written there too."""
     from tooln1_jax import assets
 
     names = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
@@ -194,9 +195,9 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     if tokenizer is None:
         tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
     if isinstance(model, (str, os.PathLike)):
-        from tooln1_jax.train import checkpoint  # HF dir, .gguf, hub id, run or checkpoint directory
+        from tooln1_jax import checkpoint, parallel  # HF dir, .gguf, hub id, run or checkpoint directory
 
-        config, params = checkpoint.load_model(model, dtype=dtype)
+        config, params = checkpoint.load_model(model, mesh=parallel.make_mesh(mesh) if mesh else None, dtype=dtype)
         replies_fn = model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens,
                                       batch_size=batch_size)
     else:
@@ -393,7 +394,7 @@ def run_cli(args) -> None:
         evaluation = evaluate(args.benchmark, args.model, categories=categories, limit=args.limit,
                               block=args.block, native_tools=args.native_tools,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype,
-                              out=args.out)
+                              mesh=args.mesh, out=args.out)
     issues = problems_text(evaluation.problems)
     if issues:
         print(issues, file=sys.stderr)

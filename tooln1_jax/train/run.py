@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax import assets, parallel
+from tooln1_jax import assets, checkpoint, parallel
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
@@ -20,7 +20,7 @@ from tooln1_jax.models import presets, qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
-from tooln1_jax.train import checkpoint, preemption
+from tooln1_jax.train import preemption
 from tooln1_jax.train.metrics import METRICS_FILE, MetricsLogger, plot
 from tooln1_jax.train.sequences import Packed, pack
 from tooln1_jax.train.step import StepFunctions, make_optimizer

@@ -126,6 +126,13 @@ def is_checkpoint(path: str | Path) -> bool:
 def load_model(path: str | Path, mesh=None, dtype: str | None = None):
     """(config, params) from a run directory (latest checkpoint), a checkpoint step directory, or anything
     `weights.load` takes (HF directory, hub id, .gguf)."""
+    config, params = _load_model(path, mesh, dtype)
+    if warning := parallel.cpu_warning(config.num_params):
+        log.warning("%s", warning)
+    return config, params
+
+
+def _load_model(path: str | Path, mesh, dtype: str | None):
     if not is_checkpoint(path):
         return weights.load(path, mesh=mesh, dtype=dtype)
     run_dir, step = _resolve(path)
