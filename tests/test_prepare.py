@@ -1,5 +1,6 @@
 """`tooln1 prepare-data` on the shipped samples: counts, splits, determinism, the CLI in-process and as a process."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -48,8 +49,12 @@ def test_counts_per_source_and_split(prepared):
                               if r["source"] == kind}) for kind in s}
     assert test_groups == {"sharegpt": round(glaive["dialogues_with_calls"] * 0.1), "xlam": 1, "toolace": 0}
     assert stats["total"]["train"] + stats["total"]["test"] == stats["total"]["kept"] == glaive["examples"] + 11
+    vocab = json.loads((assets.TOKENIZER_DIR / "tokenizer.json").read_text())
+    entries = {**vocab["model"]["vocab"], **{t["content"]: t["id"] for t in vocab["added_tokens"]}}
+    fingerprint = hashlib.sha256(json.dumps(sorted(entries.items())).encode()).hexdigest()  # from the file itself
     assert stats["settings"] == {"seed": 0, "test_fraction": 0.1, "max_prompt_tokens": 4096,
-                                 "tokenizer": "shipped Qwen2.5-Instruct"}
+                                 "tokenizer": "shipped Qwen2.5-Instruct", "tokenizer_sha256": fingerprint,
+                                 "native_tools": False}
 
 
 def test_prepared_files_hold_the_records_with_their_prompt_ids(prepared):

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from tooln1_jax import parallel
+from tooln1_jax import assets, parallel
 from tooln1_jax.models import qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 
@@ -156,6 +156,8 @@ def _load_model(path: str | Path, mesh, dtype: str | None):
 def export_hf(path: str | Path, out: str | Path) -> Path:
     """`tooln1 export`: the parameters of a checkpoint as a Hugging Face directory."""
     config, params = load_model(path)
-    target = weights.save_hf(config, params, out)
+    tokenizer_dir, why = assets.tokenizer_dir_for(path)
+    log.info("export: tokenizer files from %s (%s)", tokenizer_dir, why)
+    target = weights.save_hf(config, params, out, tokenizer_dir=tokenizer_dir)
     print(f"wrote {target}")
     return target

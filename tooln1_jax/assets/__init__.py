@@ -5,6 +5,7 @@ No jax import here: the data, reward and checker code use these paths too.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,9 +28,60 @@ def has_tokenizer(model_dir: str | os.PathLike) -> bool:
     return d.is_dir() and ((d / "tokenizer.json").exists() or (d / "vocab.json").exists())
 
 
-def load_tokenizer(model_dir: str | os.PathLike | None = None):
-    """The tokenizer of `model_dir` if it has one, else the shipped Qwen2.5 tokenizer (offline)."""
+def tokenizer_dir_for(model: str | os.PathLike | None) -> tuple[Path, str]:
+    """(directory to read the tokenizer from, why) for a model as `model.path` names it: the model directory's own
+    files; for a run (or checkpoint) directory, those of the model it was trained from; for a hub id, its files in
+    the local Hugging Face cache; otherwise (a .gguf file, no files) the shipped Qwen2.5 tokenizer."""
+    if model is None:
+        return TOKENIZER_DIR, "the shipped Qwen2.5 tokenizer (no model given)"
+    p = Path(model)
+    if p.is_dir():
+        if has_tokenizer(p):
+            return p, "the model's own"
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p
+        if (run_dir / "config.yaml").is_file():
+            import yaml
+
+            run = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            source = (run.get("data") or {}).get("tokenizer") or (run.get("model") or {}).get("path")
+            if source:
+                found, why = tokenizer_dir_for(source)
+                return found, f"{why}, of {source} (the model of run {run_dir})"
+        return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer ({p} has no tokenizer files)"
+    if p.exists():
+        return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer (the tokenizer inside {p.name} is not read)"
+    cached = _hub_cached_tokenizer(str(model))
+    if cached is not None:
+        return cached, f"the local Hugging Face cache of {model}"
+    return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer ({model!r} is neither a path nor a hub id with a cached tokenizer)"
+
+
+def _hub_cached_tokenizer(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt"], local_files_only=True))
+    except Exception:  # not a valid repo id, or nothing cached
+        return None
+    return path if has_tokenizer(path) else None
+
+
+def load_tokenizer(model: str | os.PathLike | None = None):
+    """The tokenizer `tokenizer_dir_for(model)` finds (offline); says which in the log."""
     from transformers import AutoTokenizer
 
-    source = Path(model_dir) if model_dir is not None and has_tokenizer(model_dir) else TOKENIZER_DIR
+    source, why = tokenizer_dir_for(model)
+    log = logging.getLogger(__name__)
+    if source == TOKENIZER_DIR and model is not None and not Path(model).exists():
+        log.warning("tokenizer: %s", why)
+    else:
+        log.info("tokenizer: %s (%s)", source, why)
     return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary (added tokens included): equal for tokenizers that encode text alike."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()

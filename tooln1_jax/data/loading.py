@@ -4,6 +4,7 @@ back with `prompt_ids`."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -26,6 +27,30 @@ def _convert_and_split(sources: dict[str, str], split: str, seed: int, test_frac
     return out
 
 
+def check_prepared_settings(path: Path, tokenizer, native_tools: bool) -> None:
+    """The prompt ids of a prepared parquet were made with some tokenizer and prompt layout (its stats.json says
+    which); a run that asks for others is an error naming both, not a silent use of the stored ids."""
+    stats_path = path.parent / "stats.json"
+    if not stats_path.is_file():
+        log.warning("data %s: no stats.json next to it: its prompts' tokenizer and layout cannot be checked", path)
+        return
+    settings = json.loads(stats_path.read_text()).get("settings", {})
+    prepared_native = bool(settings.get("native_tools", False))
+    if prepared_native != native_tools:
+        raise records.DataError(
+            f"{path}: its prompts were built with native_tools={str(prepared_native).lower()} ({stats_path}), the run "
+            f"asks data.native_tools={str(native_tools).lower()}: set it to match, or prepare the data again")
+    expected = settings.get("tokenizer_sha256")
+    if expected is None:
+        log.warning("data %s: prepared before tokenizer fingerprints (%s): its tokenizer cannot be checked", path,
+                    stats_path)
+    elif expected != assets.tokenizer_fingerprint(tokenizer):
+        raise records.DataError(
+            f"{path}: its prompt ids come from the tokenizer {settings.get('tokenizer')!r} ({stats_path}), the run "
+            f"uses another one ({getattr(tokenizer, 'name_or_path', tokenizer)}; data.tokenizer / model.path): "
+            f"prepare the data again with --tokenizer, or run with that tokenizer")
+
+
 def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4096, native_tools: bool = False,
                  seed: int = 0, test_fraction: float = 0.1) -> list[dict]:
     """Records of `split` ("train" or "test") from `spec`; a clear error when there are none."""
@@ -44,6 +69,8 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
             raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', 'demo', a prepare-data directory, "
                                     "a .parquet file, or KIND=PATH with KIND in " + "|".join(records.SOURCES) + ")")
         rows = records.read_prepared(path)
+        if any(r.get("prompt_ids") for r in rows):
+            check_prepared_settings(path, tokenizer, native_tools)
     if not rows:
         raise ValueError(f"data {spec!r} ({split}): no records")
     if any(not r.get("prompt_ids") for r in rows):

@@ -82,7 +82,8 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
     tokenizer = _load_tokenizer(tokenizer_dir)
 
     stats = {"settings": {"seed": seed, "test_fraction": test_fraction, "max_prompt_tokens": max_prompt_tokens,
-                          "tokenizer": tokenizer_dir or "shipped Qwen2.5-Instruct"},
+                          "tokenizer": tokenizer_dir or "shipped Qwen2.5-Instruct",
+                          "tokenizer_sha256": assets.tokenizer_fingerprint(tokenizer), "native_tools": False},
              "sources": {}}
     splits = {"train": [], "test": []}
     for kind in sorted(sources):
