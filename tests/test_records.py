@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tooln1_jax import assets
-from tooln1_jax.data import records
+from tooln1_jax.data import prompts, records
 from tooln1_jax.data.records import DataError, parse_python_calls
 
 WEATHER_TOOL = {"name": "weather", "description": "Forecast.", "parameters": {"city": {"type": "str"}}}
@@ -280,6 +280,7 @@ def test_tooln1_parquet_rows(tmp_path):
     legacy = TOOLN1_SYSTEM.replace("Here is a list of functions in JSON format that you can invoke:\n\n<tools>",
                                    "You are provided with function signatures within <tools></tools> XML tags:"
                                    "\n\n<tools>")
+    compact = TOOLN1_SYSTEM.replace('{"type": "function", "function": {', '{"type":"function","function":{')
     rows = [
         tooln1_row([{"role": "system", "content": TOOLN1_SYSTEM}, {"role": "user", "content": "Oslo?"}],
                    '[{"name": "weather", "arguments": {"city": "Oslo"}}]', 0),
@@ -294,13 +295,22 @@ def test_tooln1_parquet_rows(tmp_path):
         tooln1_row([{"role": "system", "content": TOOLN1_SYSTEM}, {"role": "user", "content": "x"}], "[{", 4),
         tooln1_row([{"role": "system", "content": "Plain system text."}, {"role": "user", "content": "x"}],
                    "[]", 5),
+        tooln1_row([{"role": "system", "content": compact}, {"role": "user", "content": "Oslo?"}],
+                   '[{"name": "weather", "arguments": {"city": "Oslo"}}]', 6),
     ]
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     out = records.convert("tooln1", str(tmp_path))  # a directory of parquet files
     assert out.dropped == Counter({"prompt_not_reproducible": 1, "unknown_tool": 1, "answer_not_json": 1,
                                    "tools_not_in_system": 1})
-    first, second = out.records
+    first, second, older = out.records
+    # the release's older tool-block wording is kept as the record's own: its prompt is the row's, byte for byte
+    assert "tool_block" not in first and "You are provided with function signatures" in older["tool_block"]
+    assert prompts.chat_messages(older) == rows[2]["prompt"]
+    assert prompts.chat_messages(first) == rows[0]["prompt"]
+    records.write_prepared(out.records, tmp_path / "prepared.parquet", "train")
+    again = records.read_prepared(tmp_path / "prepared.parquet")
+    assert again == out.records and prompts.chat_messages(again[2]) == rows[2]["prompt"]
     assert first["id"] == "tooln1-train-0" and first["source"] == "tooln1"
     assert first["system"] == TOOLN1_SYSTEM[:TOOLN1_SYSTEM.index("# Tool\n")]
     assert first["tools"] == [WEATHER_TOOL]

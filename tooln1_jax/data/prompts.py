@@ -34,9 +34,10 @@ def tool_lines(tools: list[dict]) -> str:
     return "\n".join(json.dumps({"type": "function", "function": tool}) for tool in tools)
 
 
-def system_prompt(tools: list[dict], preamble: str | None = None) -> str:
-    """Preamble (default: the Tool-N1 one) followed by the tool block with the tools filled in."""
-    return (preamble or DEFAULT_PREAMBLE) + TOOL_BLOCK.replace("{tools}", tool_lines(tools))
+def system_prompt(tools: list[dict], preamble: str | None = None, tool_block: str | None = None) -> str:
+    """Preamble (default: the Tool-N1 one) followed by the tool block (default: the reference's; a record from
+    the release's parquet may carry its own wording) with the tools filled in."""
+    return (preamble or DEFAULT_PREAMBLE) + (tool_block or TOOL_BLOCK).replace("{tools}", tool_lines(tools))
 
 
 def _history_message(message: dict, native_tools: bool) -> dict:
@@ -56,7 +57,8 @@ def _history_message(message: dict, native_tools: bool) -> dict:
 
 def chat_messages(record: dict, native_tools: bool = False) -> list[dict]:
     """System message and the record's history, in the chat-template form of the reference prompt."""
-    system = preamble_of(record) if native_tools else system_prompt(record["tools"], preamble_of(record))
+    system = (preamble_of(record) if native_tools
+              else system_prompt(record["tools"], preamble_of(record), record.get("tool_block")))
     return [{"role": "system", "content": system}] + [_history_message(m, native_tools) for m in record["messages"]]
 
 

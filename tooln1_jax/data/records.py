@@ -6,7 +6,8 @@ A record::
      "tools": [tool dict, ...],
      "messages": [{"role": "user" | "assistant" | "tool", "content": str, "tool_calls"?: [{name, arguments}]}, ...],
      "answer": [{"name": str, "arguments": {...}}, ...],   # the calls the next assistant turn must make
-     "multi_turn": bool}                                    # False when the context is one user message
+     "multi_turn": bool,                                    # False when the context is one user message
+     "tool_block"?: str}   # only from a Tool-N1 parquet worded otherwise: its tool block, `{tools}` for the list
 
 Ids are `<source>-<row>` for one-example rows and `<source>-<row>@<turn>` for examples cut from a dialogue
 (`<turn>` = index of the answering turn), so `group_of(id)` keeps a dialogue's examples together in a split.
@@ -167,10 +168,13 @@ def group_of(record_id: str) -> str:
 
 
 def make_record(record_id: str, source: str, system: str | None, tools: list, messages: list,
-                answer: list) -> dict:
+                answer: list, tool_block: str | None = None) -> dict:
     single = len(messages) == 1 and messages[0]["role"] == "user"
-    return {"id": record_id, "source": source, "system": system, "tools": tools, "messages": messages,
-            "answer": answer, "multi_turn": not single}
+    record = {"id": record_id, "source": source, "system": system, "tools": tools, "messages": messages,
+              "answer": answer, "multi_turn": not single}
+    if tool_block is not None:  # a tool block worded otherwise than the reference's (data/prompts.py)
+        record["tool_block"] = tool_block
+    return record
 
 
 def _decode_json_field(value, *, want: type):
@@ -440,8 +444,9 @@ def from_sharegpt(rows: Iterable) -> Converted:
     return out
 
 
-def _tools_from_system_text(system: str) -> tuple[str, list] | None:
-    """(preamble, tools) from a rendered Tool-N1 system text; None when it does not have that shape."""
+def _tools_from_system_text(system: str) -> tuple[str, list, str] | None:
+    """(preamble, tools, tool block with `{tools}` in place of the tool lines) from a rendered Tool-N1 system
+    text; None when it does not have that shape."""
     block_start = system.find("# Tool\n\n")
     start = system.find("<tools>\n", block_start)
     end = system.rfind("\n</tools>")
@@ -453,7 +458,7 @@ def _tools_from_system_text(system: str) -> tuple[str, list] | None:
         if spec is None or not isinstance(spec.get("function"), dict):
             return None
         tools.append(spec["function"])
-    return system[:block_start], tools
+    return system[:block_start], tools, system[block_start:start + len("<tools>\n")] + "{tools}" + system[end:]
 
 
 def _tooln1_history(prompt: list) -> list[dict] | None:
@@ -475,8 +480,11 @@ def _tooln1_history(prompt: list) -> list[dict] | None:
 def from_tooln1(rows: Iterable) -> Converted:
     """Tool-N1 processed parquet rows (`prompt`, `reward_model.ground_truth`, `extra_info`).
 
-    The record is rebuilt from the rendered `prompt`; a row whose prompt this package would not render
-    identically (e.g. the release's older tool-block wording) is dropped as `prompt_not_reproducible`.
+    The record is rebuilt from the rendered `prompt`. A tool block worded otherwise than the reference's (the
+    release's parquet carries the older "You are provided with function signatures within <tools></tools> XML
+    tags:") is kept as the record's `tool_block`, so the prompt is the row's own; a row whose prompt this package
+    would still not render identically (e.g. tool lines not written as `json.dumps` writes them) is dropped as
+    `prompt_not_reproducible`.
     """
     out = Converted([])
     for index, row in enumerate(tqdm(rows, desc="tooln1", unit="row", disable=None)):
@@ -500,7 +508,8 @@ def from_tooln1(rows: Iterable) -> Converted:
         if problem is None:
             extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
             suffix = f"{extra['split']}-{extra['index']}" if {"split", "index"} <= set(extra) else index
-            record = make_record(f"tooln1-{suffix}", "tooln1", parts[0], parts[1], messages, answer)
+            tool_block = parts[2] if parts[2] != prompts.TOOL_BLOCK else None
+            record = make_record(f"tooln1-{suffix}", "tooln1", parts[0], parts[1], messages, answer, tool_block)
             expected = [{"role": m["role"], "content": m["content"]} for m in prompt]
             if prompts.chat_messages(record) != expected:
                 problem = PROMPT_NOT_REPRODUCIBLE
@@ -539,6 +548,7 @@ def write_prepared(records: list[dict], path: str | Path, split: str) -> None:
         "system": [r.get("system") for r in records],
         **{key: [json.dumps(r[key], ensure_ascii=False) for r in records] for key in _JSON_COLUMNS},
         "multi_turn": [bool(r.get("multi_turn")) for r in records],
+        "tool_block": [r.get("tool_block") for r in records],
         "data_source": ["toolcall"] * len(records),
         "prompt": [prompts.chat_messages(r) for r in records],
         "ability": ["toolcall"] * len(records),
@@ -548,7 +558,7 @@ def write_prepared(records: list[dict], path: str | Path, split: str) -> None:
     schema = [
         ("id", pa.string()), ("source", pa.string()), ("system", pa.string()),
         ("tools", pa.string()), ("messages", pa.string()), ("answer", pa.string()), ("multi_turn", pa.bool_()),
-        ("data_source", pa.string()),
+        ("tool_block", pa.string()), ("data_source", pa.string()),
         ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
@@ -574,6 +584,8 @@ def read_prepared(path: str | Path) -> list[dict]:
         record = {"id": row["id"], "source": row["source"], "system": row["system"],
                   **{key: json.loads(row[key]) for key in _JSON_COLUMNS},
                   "multi_turn": bool(row.get("multi_turn"))}
+        if row.get("tool_block") is not None:
+            record["tool_block"] = row["tool_block"]
         if row.get("prompt_ids") is not None:
             record["prompt_ids"] = list(row["prompt_ids"])
         records.append(record)
