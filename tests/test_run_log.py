@@ -23,3 +23,19 @@ def test_run_log_holds_the_banner_and_the_run_messages(tmp_path):
     assert "backend cpu" in banner and "1 process(es)" in banner and "mesh data=1 fsdp=1 tensor=1" in banner
     assert "grpo" in banner and "32 training records" in banner
     assert "after the run, before close" in text and "after close" not in text  # the handler is removed at close
+
+
+def test_data_epochs_set_the_number_of_steps_and_the_log_says_so(tmp_path, caplog):
+    import pytest
+
+    from tooln1_jax.config import ConfigError
+
+    with caplog.at_level(logging.INFO, logger="tooln1_jax.train.run"):
+        t = trainer(tiny_config("data.num_epochs=3", "train.steps=5"), tmp_path / "run",
+                    records=synthetic_records(n=30))
+    # 3 epochs of 30 records, 8 prompts a step: 90 // 8 = 11 steps, 2 optimizer updates each
+    assert t.cfg.train.steps == 11 and t.total_updates() == 22
+    assert "data.num_epochs 3 over 30 training records, 8 a step: 11 steps (in place of train.steps 5)" in caplog.text
+    t.close()
+    with pytest.raises(ConfigError, match="data.num_epochs 1 over 5 training records does not fill one batch"):
+        trainer(tiny_config("data.num_epochs=1"), tmp_path / "small", records=synthetic_records(n=5))

@@ -72,6 +72,17 @@ def token_row_ids(tokenizer, tokens: Sequence[str], vocab_size: int) -> tuple[in
 LOG_FILE = "run.log"
 
 
+def steps_from_epochs(cfg: RunConfig, num_records: int, num_batches: int) -> RunConfig:
+    """`cfg` with train.steps = the whole batches `data.num_epochs` passes over `num_records` hold; says so."""
+    if num_batches < 1:
+        raise ConfigError(f"data.num_epochs {cfg.data.num_epochs} over {num_records} training records does not fill "
+                          f"one batch of train.batch_size {cfg.train.batch_size}")
+    log.info("data.num_epochs %d over %d training records, %d a step: %d steps%s", cfg.data.num_epochs,
+             num_records, cfg.train.batch_size, num_batches,
+             "" if num_batches == cfg.train.steps else f" (in place of train.steps {cfg.train.steps})")
+    return cfg.replace(train=dataclasses.replace(cfg.train, steps=num_batches))
+
+
 def _attach_log_file(path: Path) -> logging.Handler:
     """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds)."""
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -151,6 +162,8 @@ class TrainingRun:
         self.loader = PromptLoader(self.train_records, batch_size=t.batch_size // shard_count, seed=t.seed,
                                    shuffle=cfg.data.shuffle, num_epochs=cfg.data.num_epochs,
                                    shard_index=shard_index, shard_count=shard_count)
+        if cfg.data.num_epochs is not None:  # the run is as long as its epochs (verl's total_training_steps)
+            cfg = self.cfg = steps_from_epochs(cfg, len(self.train_records), self.loader.num_batches)
 
         self.checkpoints = checkpoint.Checkpoints(self.run_dir, keep=cfg.checkpoint.keep,
                                                   async_save=cfg.checkpoint.async_save)
