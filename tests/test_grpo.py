@@ -36,7 +36,7 @@ def np_kl(logp, ref, kl_type):
 
 def np_aggregate(loss, mask, agg, max_len=None):
     rows = [(loss[i][mask[i] > 0]) for i in range(len(loss)) if mask[i].sum() > 0]
-    if agg == "token-mean":
+    if agg in ("token-mean", "token-mean-per-micro"):  # one batch: per-micro weighting is the update's (step.py)
         return np.concatenate(rows).sum() / sum(len(r) for r in rows)
     if agg == "seq-mean-token-mean":
         return np.mean([r.mean() for r in rows])

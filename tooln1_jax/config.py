@@ -73,7 +73,9 @@ class GRPOConfig:
     epsilon: float = 0.2  # clip range
     epsilon_high: float | None = None  # asymmetric upper clip (DAPO); None = epsilon
     dual_clip: float | None = None
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    # token-mean (current verl) | seq-mean-token-mean | seq-mean-token-sum-norm (Dr.GRPO) |
+    # token-mean-per-micro (verl 0.2, the Tool-N1 release: each micro-batch's token mean, averaged)
+    loss_agg: str = "token-mean"
     entropy_coef: float = 0.0
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr.GRPO)
     # built-in rewards (binary | binary_no_think | think_partial | name_partial) and/or plug-ins
@@ -434,7 +436,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"the warm start's batches of train.batch_size {t.batch_size} records are not a multiple "
                           f"of train.micro_batch_size {t.micro_batch_size}")
     choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
-               "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")),
+               "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm",
+                                                "token-mean-per-micro")),
                "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
                "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
                "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),

@@ -117,7 +117,8 @@ def kl_penalty(logp: Array, ref_logp: Array, kl_type: str = "low_var_kl") -> Arr
 # ---------------------------------------------------------------------------------------------------------------
 # Aggregation: every loss goes through aggregate_parts, so micro-batches can be summed exactly.
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "token-mean-per-micro")
+PER_MICRO = "token-mean-per-micro"  # verl 0.2: each micro-batch's token mean, averaged over micro-batches
 
 
 def aggregate_parts(loss_mat: Array, mask: Array, agg: str = "token-mean", *, max_len: int | None = None
@@ -133,6 +134,10 @@ def aggregate_parts(loss_mat: Array, mask: Array, agg: str = "token-mean", *, ma
     - "token-mean": num = sum of the loss over all tokens, den = number of tokens. Every token weighs the same.
     - "seq-mean-token-mean": num = sum over sequences of (that sequence's token mean), den = number of sequences.
       Every sequence weighs the same, so tokens of short replies weigh more.
+    - "token-mean-per-micro" (verl 0.2, the Tool-N1 release's): here the same parts as "token-mean"; the update
+      (`train/step.py`) gives each micro-batch its own token count times the number of micro-batches as the
+      denominator, so the mini-batch loss is the mean over micro-batches of their token means: tokens of a
+      micro-batch with fewer tokens weigh more, and the result depends on how the mini-batch is cut.
     - "seq-mean-token-sum-norm" (Dr.GRPO): num = sum of the loss over all tokens / max_len, den = number of
       sequences; i.e. mean over sequences of (token sum / max_len). `max_len` is a constant, the configured reply
       cap (Dr.GRPO's MAX_TOKENS), so a token's weight does not depend on its reply's length; it defaults to T
@@ -146,7 +151,7 @@ def aggregate_parts(loss_mat: Array, mask: Array, agg: str = "token-mean", *, ma
     token_sum = jnp.where(valid, loss_mat, 0.0).sum(axis=-1)  # [B]
     token_count = valid.sum(axis=-1).astype(loss_mat.dtype)  # [B]
     num_sequences = (token_count > 0).sum().astype(loss_mat.dtype)
-    if agg == "token-mean":
+    if agg in ("token-mean", PER_MICRO):
         return token_sum.sum(), token_count.sum()
     if agg == "seq-mean-token-mean":
         return (token_sum / jnp.maximum(token_count, 1.0)).sum(), num_sequences

@@ -113,10 +113,23 @@ class GRPOSettings:
     grpo: GRPOConfig
 
 
+def _mini_batch_denominator(agg: str, mask: jax.Array) -> jax.Array:
+    return jnp.maximum(grpo.loss_denominator(mask, agg), 1.0)
+
+
+def _micro_denominator(agg: str, mini_batch_den: jax.Array, micro_mask: jax.Array, n_micro: int) -> jax.Array:
+    """The denominator of one micro-batch's loss: the mini-batch's (the update is one pass over the mini-batch),
+    or for "token-mean-per-micro" (verl 0.2) the micro-batch's own token count times the number of micro-batches."""
+    if agg != grpo.PER_MICRO:
+        return mini_batch_den
+    return jnp.maximum(grpo.loss_denominator(micro_mask, "token-mean"), 1.0) * n_micro
+
+
 def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, prompt_width: int,
                  params, opt_state, batch: dict):
     g = settings.grpo
-    den = jnp.maximum(grpo.loss_denominator(batch["response_mask"], g.loss_agg), 1.0)
+    den = _mini_batch_denominator(g.loss_agg, batch["response_mask"])
+    n_micro = batch["tokens"].shape[0] // settings.micro_batch_size
     with_entropy = g.entropy_coef != 0.0
 
     def loss_fn(p, mb):
@@ -126,7 +139,8 @@ def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: M
             logp, mb["old_logp"], mb["ref_logp"] if g.beta > 0 else None, mb["advantages"], mb["response_mask"],
             clip_eps=g.epsilon, clip_eps_high=g.epsilon_high, dual_clip=g.dual_clip, kl_coef=g.beta,
             kl_type=g.kl_type, agg=g.loss_agg, entropy=entropy if with_entropy else None,
-            entropy_coef=g.entropy_coef, max_len=settings.max_len, loss_denominator=den)
+            entropy_coef=g.entropy_coef, max_len=settings.max_len,
+            loss_denominator=_micro_denominator(g.loss_agg, den, mb["response_mask"], n_micro))
 
     grads, metrics = _accumulate(loss_fn, params, batch, settings.micro_batch_size, mesh)
     params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
@@ -191,7 +205,8 @@ def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, 
     the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
     `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
     g = settings.grpo
-    den = jnp.maximum(grpo.loss_denominator(_flat(batch["response_mask"]), g.loss_agg), 1.0)
+    den = _mini_batch_denominator(g.loss_agg, _flat(batch["response_mask"]))
+    n_micro = batch["tokens"].shape[0] // settings.micro_batch_size
     with_entropy = g.entropy_coef != 0.0 or log_entropy
 
     def loss_fn(p, mb):
@@ -202,7 +217,8 @@ def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, 
             logp, old, _flat(mb["ref_logp"]) if g.beta > 0 else None, _flat(mb["advantages"]), mask,
             clip_eps=g.epsilon, clip_eps_high=g.epsilon_high, dual_clip=g.dual_clip, kl_coef=g.beta,
             kl_type=g.kl_type, agg=g.loss_agg, entropy=entropy if g.entropy_coef != 0.0 else None,
-            entropy_coef=g.entropy_coef, max_len=settings.max_len, loss_denominator=den)
+            entropy_coef=g.entropy_coef, max_len=settings.max_len,
+            loss_denominator=_micro_denominator(g.loss_agg, den, mask, n_micro))
         if log_entropy:
             metrics["entropy_sum"] = jnp.sum(jnp.where(mask > 0, jax.lax.stop_gradient(entropy), 0.0))
         return loss, metrics
