@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", choices=["first", "last"], default=None,
                    help="which <tool_call> block to read (default: first for BFCL, last otherwise)")
     p.add_argument("--native-tools", action="store_true", help="use the chat template's tools= branch")
+    p.add_argument("--prompt", choices=["tooln1", "tooln1-bfcl"], default="tooln1",
+                   help="tooln1: the training prompt; tooln1-bfcl: the Tool-N1 release's BFCL handler prompt")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
 

@@ -150,9 +150,23 @@ def _apibank_aggregates(categories):
 
 # ------------------------------------------------------------------------------------------------ model path
 
-def build_prompts(examples: Sequence[Example], tokenizer, native_tools: bool = False) -> list[str]:
+PROMPTS = ("tooln1", "tooln1-bfcl")  # the training prompt; the release's BFCL handler prompt (BFCL only)
+
+
+def build_prompts(examples: Sequence[Example], tokenizer, native_tools: bool = False,
+                  prompt: str = "tooln1") -> list[str]:
     from tooln1_jax.data import prompts
 
+    if prompt == "tooln1-bfcl":
+        from tooln1_jax.eval import bfcl_handler_prompt
+
+        others = sorted({e.benchmark for e in examples} - {"bfcl"})
+        if others or native_tools:
+            raise ValueError(f"--prompt tooln1-bfcl is the release's BFCL handler prompt: BFCL only, without "
+                             f"--native-tools (got {', '.join(others) or '--native-tools'})")
+        return [bfcl_handler_prompt.render(e.tools, e.messages) for e in examples]
+    if prompt != "tooln1":
+        raise ValueError(f"prompt {prompt!r}: expected one of {', '.join(PROMPTS)}")
     return [prompts.render(e.record(), tokenizer, native_tools) for e in examples]
 
 
@@ -184,7 +198,7 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
 def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories: list[str] | None = None,
              limit: int | None = None, block: str | None = None, native_tools: bool = False,
              tokenizer=None, max_new_tokens: int = 512, batch_size: int = 16, dtype: str | None = None,
-             mesh: str | None = None, out: str | os.PathLike | None = None) -> Evaluation:
+             mesh: str | None = None, prompt: str = "tooln1", out: str | os.PathLike | None = None) -> Evaluation:
     """Generate and score. `model`: a model path (HF dir, .gguf, run or checkpoint dir), or a function taking
     the prompt texts and returning the replies. `mesh` (e.g. "fsdp=8"): shard the model over that device mesh
     (default: one device). With `out`, the results are written there too."""
@@ -206,7 +220,7 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     for name, examples in selected.items():
         if not examples:
             continue
-        replies = replies_fn(build_prompts(examples, tokenizer, native_tools))
+        replies = replies_fn(build_prompts(examples, tokenizer, native_tools, prompt))
         bench_rows = score(examples, replies, block)
         rows += bench_rows
         summaries[name] = summarize(name, bench_rows)
@@ -394,7 +408,7 @@ def run_cli(args) -> None:
         evaluation = evaluate(args.benchmark, args.model, categories=categories, limit=args.limit,
                               block=args.block, native_tools=args.native_tools,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype,
-                              mesh=args.mesh, out=args.out)
+                              mesh=args.mesh, prompt=args.prompt, out=args.out)
     issues = problems_text(evaluation.problems)
     if issues:
         print(issues, file=sys.stderr)
