@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tooln1_jax import assets
-from tooln1_jax.data import demo_set, loading, prepare, records
+from tooln1_jax.data import converters, demo_set, loading, prepare, records
 
 
 def _shipped(split: str) -> list[dict]:
@@ -23,7 +23,7 @@ def test_the_shipped_files_are_the_generator_output(tmp_path):
 
 
 def test_the_schemas_are_the_glaive_sample_ones():
-    converted = records.convert("sharegpt", prepare.shipped_samples()["sharegpt"])
+    converted = converters.convert("sharegpt", prepare.shipped_samples()["sharegpt"])
     sample_tools = [json.dumps(t, sort_keys=True) for r in converted.records for t in r["tools"]]
     for record in _shipped("train") + _shipped("test"):
         assert len(record["tools"]) == 2

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tooln1_jax import assets, cli
-from tooln1_jax.data import prepare, prompts, records
+from tooln1_jax.data import converters, prepare, prompts, records
+from tooln1_jax.data import prepared as prepared_files  # the fixture `prepared` is a directory
+from tooln1_jax.data.prepared import read_prepared
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = prepare.shipped_samples()
@@ -45,7 +47,7 @@ def test_counts_per_source_and_split(prepared):
         assert s[kind]["kept"] == s[kind]["examples"] == s[kind]["train"] + s[kind]["test"]
     # round(dialogues * 0.1) dialogues go to test: 15 of the 153 glaive dialogues with calls, 1 of 6 xLAM rows,
     # 0 of 4 ToolACE dialogues (round(0.4) = 0).
-    test_groups = {kind: len({records.group_of(r["id"]) for r in records.read_prepared(prepared / "test.parquet")
+    test_groups = {kind: len({records.group_of(r["id"]) for r in read_prepared(prepared / "test.parquet")
                               if r["source"] == kind}) for kind in s}
     assert test_groups == {"sharegpt": round(glaive["dialogues_with_calls"] * 0.1), "xlam": 1, "toolace": 0}
     assert stats["total"]["train"] + stats["total"]["test"] == stats["total"]["kept"] == glaive["examples"] + 11
@@ -58,8 +60,8 @@ def test_counts_per_source_and_split(prepared):
 
 
 def test_prepared_files_hold_the_records_with_their_prompt_ids(prepared):
-    train = records.read_prepared(prepared / "train.parquet")
-    test = records.read_prepared(prepared / "test.parquet")
+    train = read_prepared(prepared / "train.parquet")
+    test = read_prepared(prepared / "test.parquet")
     train_groups = {records.group_of(r["id"]) for r in train}
     assert not train_groups & {records.group_of(r["id"]) for r in test}  # no dialogue on both sides
     ids = [r["id"] for r in train + test]
@@ -97,21 +99,21 @@ def test_cli_in_process_prints_the_counts(tmp_path, capsys):
 
 def test_seed_changes_the_split(prepared, tmp_path):
     prepare.run({"sharegpt": SAMPLES["sharegpt"]}, str(tmp_path), seed=1)
-    other = {r["id"] for r in records.read_prepared(tmp_path / "test.parquet")}
-    seed0 = {r["id"] for r in records.read_prepared(prepared / "test.parquet") if r["source"] == "sharegpt"}
+    other = {r["id"] for r in read_prepared(tmp_path / "test.parquet")}
+    seed0 = {r["id"] for r in read_prepared(prepared / "test.parquet") if r["source"] == "sharegpt"}
     assert other != seed0
 
 
 def test_long_prompts_are_dropped_and_counted(tmp_path):
     tok = assets.load_tokenizer()
-    converted = records.convert("xlam", SAMPLES["xlam"])
+    converted = converters.convert("xlam", SAMPLES["xlam"])
     lengths = sorted(len(prompts.encode(r, tok)) for r in converted.records)
     limit = lengths[2]  # keeps the three shortest (ties aside)
     stats = prepare.run({"xlam": SAMPLES["xlam"]}, str(tmp_path), max_prompt_tokens=limit, test_fraction=0.0)
     longer = sum(n > limit for n in lengths)
     assert stats["sources"]["xlam"]["dropped"] == {"prompt_too_long": longer}
     assert stats["total"]["kept"] == stats["total"]["train"] == 6 - longer
-    assert all(len(r["prompt_ids"]) <= limit for r in records.read_prepared(tmp_path / "train.parquet"))
+    assert all(len(r["prompt_ids"]) <= limit for r in read_prepared(tmp_path / "train.parquet"))
 
 
 def test_prepared_output_is_itself_a_tooln1_source(prepared, tmp_path):
@@ -156,19 +158,19 @@ def test_outputs_replace_the_old_ones_as_a_whole(prepared, tmp_path, monkeypatch
     out = tmp_path / "out"
     prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    write = records.write_prepared
+    write = prepared_files.write_prepared
 
     def interrupted_after_train(examples, path, split):
         write(examples, path, split)
         if split == "test":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(records, "write_prepared", interrupted_after_train)
+    monkeypatch.setattr(prepared_files, "write_prepared", interrupted_after_train)
     with pytest.raises(KeyboardInterrupt):
         prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5, seed=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
-    monkeypatch.setattr(records, "write_prepared", write)
+    monkeypatch.setattr(prepared_files, "write_prepared", write)
     prepare.run({"xlam": SAMPLES["xlam"]}, str(out), test_fraction=0.5, seed=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} != before
     (out / "notes.txt").write_text("mine")

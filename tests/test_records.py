@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tooln1_jax import assets
-from tooln1_jax.data import prompts, records
-from tooln1_jax.data.records import DataError, parse_python_calls
+from tooln1_jax.data import converters, prepared, prompts, raw_files
+from tooln1_jax.data.python_calls import parse_python_calls
+from tooln1_jax.data.records import DataError
 
 WEATHER_TOOL = {"name": "weather", "description": "Forecast.", "parameters": {"city": {"type": "str"}}}
 CONVERT_TOOL = {"name": "convert", "description": "Units.",
@@ -47,7 +48,7 @@ def test_xlam_rows_good_and_malformed(tmp_path):
         xlam_row(10, "Tell me a joke.", [WEATHER_TOOL], []),  # a no-call example is kept
         xlam_row(11, "q", [{"description": "nameless"}], []),  # tool without a name
     ]
-    out = records.convert("xlam", write_json(tmp_path / "xlam.json", rows))
+    out = converters.convert("xlam", write_json(tmp_path / "xlam.json", rows))
     assert out.rows == 11
     assert out.dropped == Counter({"tools_not_json": 1, "answer_not_json": 1, "unknown_tool": 1,
                                    "missing_field:query": 1, "no_tools": 1, "bad_call": 1,
@@ -65,7 +66,7 @@ def test_xlam_rows_good_and_malformed(tmp_path):
 
 
 def test_xlam_shipped_sample():
-    out = records.convert("xlam", str(assets.path("samples", "xlam_sample.json")))
+    out = converters.convert("xlam", str(assets.path("samples", "xlam_sample.json")))
     raw = json.loads(assets.path("samples", "xlam_sample.json").read_text())
     assert out.dropped == Counter() and len(out.records) == len(raw) == 6
     for row, record in zip(raw, out.records):
@@ -89,8 +90,8 @@ TOOLACE_PREAMBLE = "You are a helpful assistant.\nHere is a list of functions in
 
 
 def test_toolace_tools_are_cut_out_of_the_system_text():
-    assert records.toolace_tools(TOOLACE_SYSTEM) == (TOOLACE_PREAMBLE, [WEATHER_TOOL, CONVERT_TOOL])
-    assert records.toolace_tools("no list here") is None
+    assert converters.toolace_tools(TOOLACE_SYSTEM) == (TOOLACE_PREAMBLE, [WEATHER_TOOL, CONVERT_TOOL])
+    assert converters.toolace_tools("no list here") is None
 
 
 def test_toolace_dialogues_good_and_malformed(tmp_path):
@@ -120,7 +121,7 @@ def test_toolace_dialogues_good_and_malformed(tmp_path):
             {"from": "assistant", "value": "[weather(city='Rome')]"}]},
         {"system": toolace_system("[]"), "conversations": [{"from": "user", "value": "x"}]},  # 9: empty tool list
     ]
-    out = records.convert("toolace", write_json(tmp_path / "toolace.json", dialogues))
+    out = converters.convert("toolace", write_json(tmp_path / "toolace.json", dialogues))
     assert out.rows == 10
     assert out.dropped == Counter({"call_unparsable": 1, "tools_not_in_system": 1, "tools_not_json": 1,
                                    "unknown_tool": 1, "no_call_turn": 1, "missing_field:conversations": 1,
@@ -146,7 +147,7 @@ def test_toolace_dialogues_good_and_malformed(tmp_path):
 
 
 def test_toolace_shipped_sample():
-    out = records.convert("toolace", str(assets.path("samples", "toolace_sample.json")))
+    out = converters.convert("toolace", str(assets.path("samples", "toolace_sample.json")))
     # 4 dialogues; dialogue 1 has two call turns (message 3: flights + hotel, message 7: hotel again).
     assert out.dropped == Counter() and out.rows == 4
     assert [r["id"] for r in out.records] == ["toolace-0@1", "toolace-1@3", "toolace-1@7", "toolace-2@1",
@@ -211,7 +212,7 @@ def test_sharegpt_conversations_good_and_malformed(tmp_path):
         {"tools": tools, "conversations": [  # 5: a call item without a name
             {"from": "human", "value": "x"}, {"from": "function_call", "value": "{\"arguments\": {}}"}]},
     ]
-    out = records.convert("sharegpt", write_json(tmp_path / "sharegpt.json", rows))
+    out = converters.convert("sharegpt", write_json(tmp_path / "sharegpt.json", rows))
     assert out.dropped == Counter({"answer_not_json": 1, "unknown_tool": 1, "no_tools": 1, "no_call_turn": 1,
                                    "missing_field:tools": 1, "bad_call": 1})
     assert [r["id"] for r in out.records] == ["sharegpt-0@1", "sharegpt-0@5"]
@@ -235,7 +236,7 @@ def test_sharegpt_shipped_glaive_sample_counts():
                             not any(t["from"] == "function_call" for t in row["conversations"]) for row in raw)
     assert (len(raw), calls) == (300, 211)  # as PROVENANCE.md describes the sample
 
-    out = records.convert("sharegpt", str(assets.path("samples", "glaive_toolcall_en_demo.json")))
+    out = converters.convert("sharegpt", str(assets.path("samples", "glaive_toolcall_en_demo.json")))
     assert len(out.records) == calls
     assert out.dropped == Counter({"no_tools": without_tools, "no_call_turn": tools_but_no_call})
     assert len({r["id"] for r in out.records}) == calls
@@ -300,7 +301,7 @@ def test_tooln1_parquet_rows(tmp_path):
     ]
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    out = records.convert("tooln1", str(tmp_path))  # a directory of parquet files
+    out = converters.convert("tooln1", str(tmp_path))  # a directory of parquet files
     assert out.dropped == Counter({"prompt_not_reproducible": 1, "unknown_tool": 1, "answer_not_json": 1,
                                    "tools_not_in_system": 1})
     first, second, older = out.records
@@ -308,8 +309,8 @@ def test_tooln1_parquet_rows(tmp_path):
     assert "tool_block" not in first and "You are provided with function signatures" in older["tool_block"]
     assert prompts.chat_messages(older) == rows[2]["prompt"]
     assert prompts.chat_messages(first) == rows[0]["prompt"]
-    records.write_prepared(out.records, tmp_path / "prepared.parquet", "train")
-    again = records.read_prepared(tmp_path / "prepared.parquet")
+    prepared.write_prepared(out.records, tmp_path / "prepared.parquet", "train")
+    again = prepared.read_prepared(tmp_path / "prepared.parquet")
     assert again == out.records and prompts.chat_messages(again[2]) == rows[2]["prompt"]
     assert first["id"] == "tooln1-train-0" and first["source"] == "tooln1"
     assert first["system"] == TOOLN1_SYSTEM[:TOOLN1_SYSTEM.index("# Tool\n")]
@@ -327,45 +328,45 @@ def test_broken_json_names_file_and_line(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[\n  {"query": "a"},\n  {"query": "b",,}\n]\n')
     with pytest.raises(DataError, match=r"broken\.json: line 3, column \d+: not valid JSON"):
-        records.read_rows(str(path))
+        raw_files.read_rows(str(path))
 
 
 def test_broken_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3\n')
     with pytest.raises(DataError, match=r"rows\.jsonl: line 4, column \d+: not valid JSON"):
-        records.read_rows(str(path))
+        raw_files.read_rows(str(path))
     path.write_text('{"a": 1}\n\n{"a": 2}\n')
-    assert records.read_rows(str(path)) == [{"a": 1}, {"a": 2}]
+    assert raw_files.read_rows(str(path)) == [{"a": 1}, {"a": 2}]
 
 
 def test_json_lines_in_a_json_file_are_read(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text('{"a": 1}\n{"a": 2}\n')
-    assert records.read_rows(str(path)) == [{"a": 1}, {"a": 2}]
+    assert raw_files.read_rows(str(path)) == [{"a": 1}, {"a": 2}]
 
 
 def test_unreadable_files_are_clear_errors(tmp_path):
     bad_parquet = tmp_path / "x.parquet"
     bad_parquet.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"x\.parquet: not a readable parquet file"):
-        records.read_rows(str(bad_parquet))
+        raw_files.read_rows(str(bad_parquet))
     not_a_list = tmp_path / "obj.json"
     not_a_list.write_text('{"rows": []}')
     with pytest.raises(DataError, match=r"obj\.json: expected a JSON list of rows, got a dict"):
-        records.read_rows(str(not_a_list))
+        raw_files.read_rows(str(not_a_list))
     latin1 = tmp_path / "latin.json"
     latin1.write_bytes('["caf\xe9"]'.encode("latin-1"))
     with pytest.raises(DataError, match=r"latin\.json: byte 5: not UTF-8"):
-        records.read_rows(str(latin1))
+        raw_files.read_rows(str(latin1))
     csv = tmp_path / "rows.csv"
     csv.write_text("a,b\n")
     with pytest.raises(DataError, match=r"rows\.csv: unsupported file type"):
-        records.read_rows(str(csv))
+        raw_files.read_rows(str(csv))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match=r"empty: directory holds no \.json/\.jsonl/\.parquet files"):
-        records.read_rows(str(empty))
+        raw_files.read_rows(str(empty))
 
 
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
@@ -374,7 +375,7 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
 
     for location in (str(tmp_path / "missing.json"), "./data/xlam", "data.jsonl"):
         with pytest.raises(DataError, match="no such file or directory"):
-            records.read_rows(location, hub_loader=hub)
+            raw_files.read_rows(location, hub_loader=hub)
 
 
 def test_hub_ids_use_the_hub_loader_and_fail_clearly():
@@ -384,7 +385,7 @@ def test_hub_ids_use_the_hub_loader_and_fail_clearly():
         seen.append((name, split))
         return [{"query": "q"}]
 
-    assert records.read_rows("Team-ACE/ToolACE", hub_loader=hub) == [{"query": "q"}]
+    assert raw_files.read_rows("Team-ACE/ToolACE", hub_loader=hub) == [{"query": "q"}]
     assert seen == [("Team-ACE/ToolACE", "train")]
 
     def offline(name, split):
@@ -392,12 +393,12 @@ def test_hub_ids_use_the_hub_loader_and_fail_clearly():
 
     with pytest.raises(DataError, match=r"'Salesforce/xlam-function-calling-60k' is not a local file or directory, "
                                         r"and loading it from the hub failed \(ConnectionError: hub unreachable\)"):
-        records.convert("xlam", "Salesforce/xlam-function-calling-60k", hub_loader=offline)
+        converters.convert("xlam", "Salesforce/xlam-function-calling-60k", hub_loader=offline)
 
 
 def test_unknown_source_kind():
     with pytest.raises(DataError, match="unknown source kind 'glaive'"):
-        records.convert("glaive", "x.json")
+        converters.convert("glaive", "x.json")
 
 
 # ---------------------------------------------------------------- prepared parquet round trip
@@ -417,8 +418,8 @@ def test_write_and_read_prepared_round_trip(tmp_path):
          "prompt_ids": [4, 5]},
     ]
     path = tmp_path / "train.parquet"
-    records.write_prepared(recs, path, "train")
-    assert records.read_prepared(path) == recs
+    prepared.write_prepared(recs, path, "train")
+    assert prepared.read_prepared(path) == recs
 
     table = pq.read_table(path).to_pylist()
     assert table[1]["data_source"] == "toolcall" and table[1]["ability"] == "toolcall"
@@ -431,7 +432,7 @@ def test_write_and_read_prepared_round_trip(tmp_path):
                                                 '{\\"city\\": \\"Troms\\\\u00f8\\"}}]"'}
 
     # The verl columns make a prepared file a valid Tool-N1 source that converts back to the same records.
-    back = records.convert("tooln1", str(path))
+    back = converters.convert("tooln1", str(path))
     assert back.dropped == Counter()
     assert [r["messages"] for r in back.records] == [r["messages"] for r in recs]
     assert [r["answer"] for r in back.records] == [r["answer"] for r in recs]
@@ -439,8 +440,8 @@ def test_write_and_read_prepared_round_trip(tmp_path):
 
 def test_read_prepared_errors(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        records.read_prepared(tmp_path / "missing.parquet")
+        prepared.read_prepared(tmp_path / "missing.parquet")
     path = tmp_path / "other.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": "a"}]), path)
     with pytest.raises(DataError, match=r"other\.parquet: row 0: missing column\(s\)"):
-        records.read_prepared(path)
+        prepared.read_prepared(path)

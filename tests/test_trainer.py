@@ -199,9 +199,9 @@ def test_bad_input_fails_before_long_work(tmp_path):
     with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
         tiny_config("train.batch_size=6")
     (tmp_path / "empty").mkdir()
-    from tooln1_jax.data import records
+    from tooln1_jax.data import prepared
 
-    records.write_prepared([], tmp_path / "empty" / "train.parquet", "train")
+    prepared.write_prepared([], tmp_path / "empty" / "train.parquet", "train")
     from tooln1_jax.train.trainer import GRPOTrainer
 
     with pytest.raises(ValueError, match=r"empty.*no records"):

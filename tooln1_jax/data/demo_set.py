@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 
 from tooln1_jax import assets
-from tooln1_jax.data import prepare, records
+from tooln1_jax.data import converters, prepare, records
 
 SOURCE = "tooln1-demo"
 # (sample record id, tool name): where each schema is taken from in glaive_toolcall_en_demo.json
@@ -39,7 +39,7 @@ TEST_FRACTION = 0.15
 
 def tool_schemas() -> list[dict]:
     """The four tool dicts, as the glaive sample has them (converted by the ShareGPT reader)."""
-    converted = records.convert("sharegpt", prepare.shipped_samples()["sharegpt"])
+    converted = converters.convert("sharegpt", prepare.shipped_samples()["sharegpt"])
     by_id = {r["id"]: r for r in converted.records}
     return [next(t for t in by_id[record_id]["tools"] if t["name"] == name) for record_id, name in SCHEMAS]
 

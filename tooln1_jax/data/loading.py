@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from tooln1_jax import assets
-from tooln1_jax.data import prepare, prompts, records
+from tooln1_jax.data import converters, prepare, prepared, prompts, raw_files, records
 
 log = logging.getLogger(__name__)
 SAMPLES = "samples"
@@ -19,7 +19,7 @@ DEMO = "demo"  # the CPU demo's templated set (data/demo_set.py), already split 
 def _convert_and_split(sources: dict[str, str], split: str, seed: int, test_fraction: float) -> list[dict]:
     out = []
     for kind in sorted(sources):
-        converted = records.convert(kind, sources[kind])
+        converted = converters.convert(kind, sources[kind])
         if converted.dropped:
             log.info("%s: dropped %s", kind, dict(converted.dropped))
         train, test = prepare.split_by_group(converted.records, seed=seed, test_fraction=test_fraction, salt=kind)
@@ -57,8 +57,8 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
     if spec == SAMPLES:
         rows = _convert_and_split(prepare.shipped_samples(), split, seed, test_fraction)
     elif spec == DEMO:
-        rows = records.read_rows(str(assets.path("demo", f"{split}.jsonl")))
-    elif "=" in spec and spec.split("=", 1)[0] in records.SOURCES:
+        rows = raw_files.read_rows(str(assets.path("demo", f"{split}.jsonl")))
+    elif "=" in spec and spec.split("=", 1)[0] in converters.SOURCES:
         kind, location = spec.split("=", 1)
         rows = _convert_and_split({kind: location}, split, seed, test_fraction)
     else:
@@ -67,8 +67,8 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
             path = path / f"{split}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', 'demo', a prepare-data directory, "
-                                    "a .parquet file, or KIND=PATH with KIND in " + "|".join(records.SOURCES) + ")")
-        rows = records.read_prepared(path)
+                                    "a .parquet file, or KIND=PATH with KIND in " + "|".join(converters.SOURCES) + ")")
+        rows = prepared.read_prepared(path)
         if any(r.get("prompt_ids") for r in rows):
             check_prepared_settings(path, tokenizer, native_tools)
     if not rows:

@@ -1,8 +1,8 @@
 """`tooln1 prepare-data`: raw tool-calling data -> train.parquet, test.parquet and stats.json.
 
-Each source is converted (records.py), tokenized with the chat template (prompts.py; prompts over
+Each source is converted (converters.py), tokenized with the chat template (prompts.py; prompts over
 `max_prompt_tokens` are dropped), split into train/test by dialogue (all examples cut from one dialogue land on
-the same side) with a seeded shuffle per source, and written with `records.write_prepared`. Every drop is counted
+the same side) with a seeded shuffle per source, and written with `prepared.write_prepared`. Every drop is counted
 by reason in stats.json and printed. Nothing is deduplicated: exact duplicate examples are kept and counted.
 The same inputs and seed give byte-identical files.
 """
@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from tooln1_jax import assets, files
-from tooln1_jax.data import prompts, records
+from tooln1_jax.data import converters, prepared, prompts, records
 
 DUPLICATE_ID = "duplicate_id"
 OUTPUTS = ("train.parquet", "test.parquet", "stats.json")
@@ -72,9 +72,9 @@ def _source_line(kind: str, s: dict) -> str:
 def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: float = 0.1,
         max_prompt_tokens: int = 4096, tokenizer_dir: str | None = None) -> dict:
     """Convert, tokenize, split and write each source; returns (and writes) the counts."""
-    unknown = sorted(set(sources) - set(records.SOURCES))
+    unknown = sorted(set(sources) - set(converters.SOURCES))
     if unknown:
-        raise records.DataError(f"unknown source kind(s) {unknown}; expected some of {records.SOURCES}")
+        raise records.DataError(f"unknown source kind(s) {unknown}; expected some of {converters.SOURCES}")
     if not sources:
         raise records.DataError("no --source given")
     if not 0.0 <= test_fraction < 1.0:
@@ -87,7 +87,7 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
              "sources": {}}
     splits = {"train": [], "test": []}
     for kind in sorted(sources):
-        converted = records.convert(kind, sources[kind])
+        converted = converters.convert(kind, sources[kind])
         kept, too_long = prompts.encode_records(converted.records, tokenizer, max_prompt_tokens=max_prompt_tokens)
         kept, duplicate_ids = _drop_duplicate_ids(kept)
         train, test = split_by_group(kept, seed=seed, test_fraction=test_fraction, salt=kind)
@@ -116,7 +116,7 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
     out_dir = Path(out)
     with files.replace_dir(out_dir, expected=OUTPUTS) as tmp:  # train and test of one run, or the old ones
         for split, examples in splits.items():
-            records.write_prepared(examples, tmp / f"{split}.parquet", split)
+            prepared.write_prepared(examples, tmp / f"{split}.parquet", split)
         (tmp / "stats.json").write_text(files.strict_json(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     t = stats["total"]
     print(f"{'total':>9}: {t['rows']} rows -> {t['examples']} examples -> kept {t['kept']} "
