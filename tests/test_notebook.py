@@ -41,6 +41,24 @@ def test_notebook_runs_on_demo_predictions(tmp_path):
     # the demo degrades one reply in three: simple (5 examples) scores 4 / 5 or 3 / 5, never all or none
     assert 0 < summary["bfcl"]["categories"]["simple"]["accuracy"] < 1
     assert summary["bfcl"]["categories"]["irrelevance"]["accuracy"] == 1.0
+    # the comparison with the demo "base" (no call on every other question): a table and the differing examples
+    html = "".join(o["data"]["text/html"] for o in outputs_of(nb, "text/html"))
+    assert "only compared" in html and "only this" in html and "compared reply" in html
+    assert (tmp_path / "runs" / "eval_notebook" / "demo_base" / "results.jsonl").exists()
+    assert "### missing_argument" in "".join(tables)  # failures grouped by kind (the demo drops an argument)
+
+
+def test_notebook_plots_a_runs_curves(tmp_path):
+    from tooln1_jax.train.metrics import MetricsLogger
+
+    with MetricsLogger(tmp_path / "run", tensorboard=False) as log:
+        for step in range(1, 6):
+            log.log(step, {"reward/mean": step / 10, "kl": step * 1e-3, "loss": 1 / step})
+    run_notebook(tmp_path, f"RUN_DIR = {str(tmp_path / 'run')!r}")
+    curves = tmp_path / "runs" / "eval_notebook" / "curves.png"
+    from matplotlib.image import imread
+
+    assert imread(curves).shape[:2] == (3 * 240, 700)  # three panels: reward/mean, kl, loss
 
 
 def test_notebook_runs_on_a_tiny_model(tmp_path):

@@ -42,16 +42,88 @@ def markdown(summaries: dict[str, dict]) -> str:
 
 
 def failures(rows: Sequence[dict], n: int = 5, category: str | None = None) -> list[dict]:
-    """The first `n` wrong rows (optionally of one category), reply shortened, for display."""
-    out = []
-    for row in rows:
-        if not row["valid"] and (category is None or row["category"] == category):
-            reply = row.get("reply") or ""
-            out.append({"id": row["id"], "category": row["category"], "reason": row["reason"],
-                        "reply": reply if len(reply) <= 300 else reply[:300] + " ..."})
-            if len(out) == n:
-                break
-    return out
+    """The first `n` wrong rows (optionally of one category), with their full replies."""
+    wrong = [r for r in rows if not r["valid"] and (category is None or r["category"] == category)]
+    return [{"id": r["id"], "category": r["category"], "reason": r["reason"], "reply": r.get("reply") or ""}
+            for r in wrong[:n]]
+
+
+FAILURE_KINDS = (  # (phrase in a checker's reason, kind), first match wins
+    ("made a call although", "call_when_irrelevant"), ("made no call although", "no_call_when_relevant"),
+    ("wrong number of calls", "wrong_number_of_calls"), ("wrong function", "wrong_function"),
+    ("missing required argument", "missing_argument"), ("missing argument", "missing_argument"),
+    ("unexpected argument", "unexpected_argument"), ("expected type", "wrong_type"), ("is not of type", "wrong_type"),
+    ("not among", "wrong_value"), ("matches none of", "wrong_value"),
+)
+
+
+def failure_kind(row: dict) -> str:
+    """The kind of a wrong row: its parse status when the reply has no usable call block (no_block, bad_json,
+    bad_structure), else the kind its checker's reason names, else "other"."""
+    if row.get("status") not in (None, "ok"):
+        return row["status"]
+    reason = row.get("reason") or ""
+    return next((kind for phrase, kind in FAILURE_KINDS if phrase in reason), "other")
+
+
+def failures_by_reason(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    """The wrong rows grouped by `failure_kind`, most frequent first; each with its whole reason and reply."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if not r["valid"]:
+            groups.setdefault(failure_kind(r), []).append({"id": r["id"], "category": r["category"],
+                                                           "reason": r["reason"], "reply": r.get("reply") or ""})
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """The rows of an evaluation's `results.jsonl` (the file, or the `--out` directory holding it)."""
+    import json
+
+    path = Path(path)
+    path = path / "results.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _joined(rows_a: Sequence[dict], rows_b: Sequence[dict], names: tuple[str, str]) -> list[tuple[dict, dict]]:
+    by_id = {(r["benchmark"], r["id"]): r for r in rows_b}
+    only_a = [r["id"] for r in rows_a if (r["benchmark"], r["id"]) not in by_id]
+    only_b = sorted(set(by_id) - {(r["benchmark"], r["id"]) for r in rows_a})
+    if only_a or only_b:
+        raise ValueError(f"compare: the two evaluations scored different examples ({len(only_a)} only in "
+                         f"{names[0]}, e.g. {only_a[:3]}; {len(only_b)} only in {names[1]}, e.g. "
+                         f"{[i for _, i in only_b[:3]]}): evaluate both with the same benchmark, categories and limit")
+    return [(r, by_id[(r["benchmark"], r["id"])]) for r in rows_a]
+
+
+def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], names: tuple[str, str] = ("base", "trained")
+            ) -> list[dict]:
+    """Per (benchmark, category): n, each evaluation's accuracy in percent, the difference in points (b - a),
+    and how many examples only one of them got right."""
+    table: dict[tuple[str, str], dict] = {}
+    for a, b in _joined(rows_a, rows_b, names):
+        row = table.setdefault((a["benchmark"], a["category"]), {
+            "benchmark": a["benchmark"], "category": a["category"], "n": 0, names[0]: 0, names[1]: 0,
+            f"only {names[0]}": 0, f"only {names[1]}": 0})
+        row["n"] += 1
+        row[names[0]] += bool(a["valid"])
+        row[names[1]] += bool(b["valid"])
+        row[f"only {names[0]}"] += bool(a["valid"]) and not b["valid"]
+        row[f"only {names[1]}"] += bool(b["valid"]) and not a["valid"]
+    for row in table.values():
+        row["points"] = round(100 * (row[names[1]] - row[names[0]]) / row["n"], 2)
+        for name in names:
+            row[name] = round(100 * row[name] / row["n"], 2)
+    return list(table.values())
+
+
+def differing(rows_a: Sequence[dict], rows_b: Sequence[dict], names: tuple[str, str] = ("base", "trained")
+              ) -> list[dict]:
+    """The examples one evaluation got right and the other wrong, with both full replies and reasons."""
+    return [{"id": a["id"], "category": a["category"], f"{names[0]} right": bool(a["valid"]),
+             f"{names[0]} reason": a["reason"], f"{names[0]} reply": a.get("reply") or "",
+             f"{names[1]} reason": b["reason"], f"{names[1]} reply": b.get("reply") or ""}
+            for a, b in _joined(rows_a, rows_b, names) if bool(a["valid"]) != bool(b["valid"])]
 
 
 def category_bar_chart(summaries: dict[str, dict], path: str | os.PathLike | None = None):
