@@ -130,3 +130,17 @@ def test_first_stage_on_the_real_gguf_matches_transformers_greedy(tmp_path):
             gen = model.generate(ids, do_sample=False, max_new_tokens=24, eos_token_id=[151645, 151643])
         expected = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=False)
         assert row["reply"] == expected.removesuffix("<|im_end|>").removesuffix("<|endoftext|>")
+
+
+def _die():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_stage_that_is_killed_stops_the_chain_and_says_why():
+    from tooln1_jax import chain
+
+    with pytest.raises(RuntimeError, match=r"stage die failed: killed by signal 9 \(out of memory\? see `dmesg`\); "
+                                           r"run the same command again"):
+        chain._in_own_process(_die)

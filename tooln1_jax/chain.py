@@ -13,8 +13,9 @@ after a crash or a stop continues: a stopped training stage resumes from its las
    is the warm-started model).
 5. `eval_grpo/`: the same evaluation of the GRPO model.
 
-Then `chain.json` (settings, per-stage wall time, the per-category table, the GRPO reward curve), `chain.md` (the
-table) and `reward.png`.
+Each stage runs in a fresh process (nothing one stage held is left for the next; a stage killed for memory stops
+the chain with a message saying so). Then `chain.json` (settings, per-stage wall time, the per-category table, the
+GRPO reward curve), `chain.md` (the table) and `reward.png`.
 """
 
 from __future__ import annotations
@@ -59,21 +60,42 @@ def _note_attempt(out: Path, name: str) -> int:
     return sum(json.loads(line)["stage"] == name for line in log_path.read_text().splitlines() if line.strip())
 
 
-def _evaluate(model: str | Path, out_dir: Path, args) -> dict:
+def _evaluate(model: str, out_dir: str, categories: list[str], limit: int, max_new_tokens: int,
+              batch_size: int) -> None:
     from tooln1_jax.eval import benchmarks
 
-    evaluation = benchmarks.evaluate("bfcl", str(model), categories=list(args.eval_categories), limit=args.eval_limit,
-                                     max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size,
-                                     out=out_dir)
-    return evaluation.summaries["bfcl"]
+    benchmarks.evaluate("bfcl", model, categories=categories, limit=limit, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, out=out_dir)
 
 
-def _train(command: str, config_path: str, model: str | Path, run_dir: Path, overrides: list[str]):
+def _train(command: str, config_path: str, model: str, run_dir: str, overrides: list[str]) -> None:
     from tooln1_jax.train import entry
 
-    resume = (run_dir / "checkpoints").exists()
-    return entry.run(command, config_path=config_path, overrides=[f"model.path={model}", *overrides],
-                     run_dir=str(run_dir), resume=resume)
+    resume = (Path(run_dir) / "checkpoints").exists()
+    entry.run(command, config_path=config_path, overrides=[f"model.path={model}", *overrides], run_dir=run_dir,
+              resume=resume)
+
+
+def _in_own_process(fn, *args) -> None:
+    """Run one stage in a fresh process, so what a stage holds (a model, optimizer state, compiled programs) is
+    gone before the next starts; a stage that dies (e.g. killed for memory) stops the chain with its exit status."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=_stage_main, args=(fn, *args))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        signal = -process.exitcode if process.exitcode < 0 else None
+        why = (f"killed by signal {signal}" + (" (out of memory? see `dmesg`)" if signal == 9 else "")
+               if signal else f"exit status {process.exitcode}")
+        raise RuntimeError(f"chain: stage {fn.__name__.strip('_')} failed: {why}; run the same command again to "
+                           "continue from the last finished stage (a training stage resumes from its checkpoint)")
+
+
+def _stage_main(fn, *args) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    fn(*args)
 
 
 def run(args) -> dict:
@@ -87,32 +109,34 @@ def run(args) -> dict:
                 "eval": {"benchmark": "bfcl", "categories": list(args.eval_categories), "limit": args.eval_limit,
                          "max_new_tokens": args.eval_max_new_tokens, "decoding": "greedy"},
                 "overrides": {"sft": list(args.sft_set), "grpo": list(args.grpo_set)}}
+    evaluation = (list(args.eval_categories), args.eval_limit, args.eval_max_new_tokens, args.eval_batch_size)
     stages = [
-        ("eval_base", lambda: _evaluate(args.model, out / "eval_base", args)),
-        ("sft", lambda: _train("sft", args.sft_config, args.model, out / "sft", list(args.sft_set))),
-        ("sft_model", lambda: _export(out / "sft", out / "sft_model")),
-        ("eval_sft", lambda: _evaluate(out / "sft_model", out / "eval_sft", args)),
-        ("grpo", lambda: _train("train", args.grpo_config, out / "sft_model", out / "grpo", list(args.grpo_set))),
-        ("eval_grpo", lambda: _evaluate(out / "grpo", out / "eval_grpo", args)),
+        ("eval_base", (_evaluate, str(args.model), str(out / "eval_base"), *evaluation)),
+        ("sft", (_train, "sft", args.sft_config, str(args.model), str(out / "sft"), list(args.sft_set))),
+        ("sft_model", (_export, str(out / "sft"), str(out / "sft_model"))),
+        ("eval_sft", (_evaluate, str(out / "sft_model"), str(out / "eval_sft"), *evaluation)),
+        ("grpo", (_train, "train", args.grpo_config, str(out / "sft_model"), str(out / "grpo"),
+                  list(args.grpo_set))),
+        ("eval_grpo", (_evaluate, str(out / "grpo"), str(out / "eval_grpo"), *evaluation)),
     ]
     if args.stop_after and args.stop_after not in dict(stages):
         raise ValueError(f"--stop-after {args.stop_after!r}: not a stage ({', '.join(n for n, _ in stages)})")
     _write_json(out / "settings.json", settings)
-    for name, fn in stages:
+    for name, call in stages:
         if _stage_done(out, name):
             log.info("chain: %s already done, skipped", name)
         else:
             print(f"chain: {name} ...", flush=True)
             attempts = _note_attempt(out, name)
             start = time.perf_counter()
-            fn()
+            _in_own_process(*call)
             _mark_done(out, name, time.perf_counter() - start, attempts=attempts)
         if name == args.stop_after:
             return {"stopped_after": name}
     return summarize(out)
 
 
-def _export(run_dir: Path, out_dir: Path) -> None:
+def _export(run_dir: str, out_dir: str) -> None:
     from tooln1_jax import checkpoint
 
     checkpoint.export_hf(run_dir, out_dir)
