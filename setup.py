@@ -38,8 +38,9 @@ setup(
             "transformers>=4.51",
             "accelerate>=1.0",  # transformers needs it to read GGUF files (the real-weights parity test)
             "gguf>=0.16",
-            "tooln1-jax[notebook]",
+            "tooln1-jax[notebook,wandb]",
         ],
+        "wandb": ["wandb>=0.19"],  # train.report_to: [wandb]
         "tpu": ["jax[tpu]>=0.10"],  # Cloud TPU VMs (README "Cloud TPU VM")
         "cuda": ["jax[cuda12]>=0.10"],  # NVIDIA GPUs, CUDA 12 wheels (README "GPU machine")
         "notebook": [  # notebooks/eval.ipynb and the test that runs it

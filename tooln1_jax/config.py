@@ -116,6 +116,10 @@ class TrainConfig:
     eval_every: int = 5  # greedy validation on held-out records every N steps (0: never)
     eval_size: int = 7
     reward_workers: int = 0  # processes scoring replies (0: in the training process)
+    # where metrics go besides metrics.jsonl: tensorboard (event files in run_dir/tensorboard) and/or wandb
+    # (Weights & Biases, `pip install 'tooln1-jax[wandb]'`; WANDB_MODE=offline works without an account)
+    report_to: tuple[str, ...] = ("tensorboard",)
+    wandb_project: str = "tooln1-jax"
     run_dir: str = "runs/demo"
 
 
@@ -448,6 +452,9 @@ def validate(config: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
+    if unknown:
+        raise ConfigError(f"train.report_to: unknown {unknown}; choose among tensorboard, wandb (or [])")
     if not g.reward:
         raise ConfigError("grpo.reward is empty: name at least one reward")
     for spec in g.reward:

@@ -1,5 +1,5 @@
 """Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars (tensorboardX, no
-TensorFlow), sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
+TensorFlow) and/or a Weights & Biases run (scalars and a table of samples), sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
 jax scalars).
 
 Resuming: `MetricsLogger(run_dir, resume_step=k)` first drops the lines with step > k from both files (the steps
@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,13 +36,14 @@ class MetricsLogger:
     `resume_step`: the step of the checkpoint a resumed run starts from (see the module docstring); without it
     the files are appended to, and logging a step below one already in a file is an error."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool | None = None,
+    def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool | None = None, wandb: dict | None = None,
                  resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = _StepFile(self.run_dir / METRICS_FILE, resume_step)
         self._samples = _StepFile(self.run_dir / SAMPLES_FILE, resume_step)
         self._tensorboard = _open_tensorboard(self.run_dir / TENSORBOARD_DIR, tensorboard)
+        self._wandb = _WandB(self.run_dir, **wandb) if wandb is not None else None
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Append one line {"step": step, **metrics}; values are scalars (Python, numpy or jax). Returns it."""
@@ -53,20 +55,27 @@ class MetricsLogger:
         self._metrics.append(step, record)
         if self._tensorboard is not None:
             self._tensorboard.write(step, record)
+        if self._wandb is not None:
+            self._wandb.write(step, record)
         return record
 
     def log_samples(self, step: int, samples: Iterable[Mapping[str, Any]]) -> None:
         """Append one line {"step": step, **sample} per sample (e.g. prompt id, reply, reward)."""
+        samples = list(samples)
         for i, sample in enumerate(samples):
             if "step" in sample:
                 raise ValueError(f"samples: sample {i} of step {step} has its own 'step' key")
             self._samples.append(step, {"step": _check_step(step), **sample})
+        if self._wandb is not None and samples:
+            self._wandb.write_samples(step, samples)
 
     def close(self) -> None:
         self._metrics.close()
         self._samples.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -239,3 +248,33 @@ def _open_tensorboard(logdir: Path, wanted: bool | None) -> _TensorBoard | None:
         logger.warning("tensorboardX not installed: TensorBoard logging off (metrics.jsonl only)")
         return None
     return _TensorBoard(logdir)
+
+
+class _WandB:
+    """Scalars and a table of sample replies in a Weights & Biases run; the run id is kept in run_dir/wandb_id so
+    a resumed training run continues the same W&B run."""
+
+    def __init__(self, run_dir: Path, project: str, name: str | None = None, config: dict | None = None):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("train.report_to includes wandb: pip install 'tooln1-jax[wandb]'") from None
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
+        self._wandb = wandb
+        self._run = wandb.init(project=project, id=run_id, resume="allow", dir=str(run_dir), name=name,
+                               config=config)
+
+    def write(self, step: int, record: Mapping[str, Any]) -> None:
+        self._run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+
+    def write_samples(self, step: int, samples: list[Mapping[str, Any]]) -> None:
+        columns = list(dict.fromkeys(key for sample in samples for key in sample))
+        table = self._wandb.Table(columns=["step", *columns])
+        for sample in samples:
+            table.add_data(step, *(sample.get(key) for key in columns))
+        self._run.log({"samples": table}, step=step)
+
+    def close(self) -> None:
+        self._run.finish()

@@ -192,7 +192,10 @@ class TrainingRun:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump(cfg, self.run_dir / "config.yaml")
-        self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.is_main else None
+        wandb = ({"project": t.wandb_project, "name": self.run_dir.name, "config": cfg.to_dict()}
+                 if "wandb" in t.report_to else None)
+        self.metrics = MetricsLogger(self.run_dir, tensorboard="tensorboard" in t.report_to, wandb=wandb,
+                                     resume_step=self.step if resume else None) if self.is_main else None
         self._log_file = _attach_log_file(self.run_dir / LOG_FILE) if self.is_main else None
         log.info("%s", banner(self))
         if warning := parallel.cpu_warning(self.model_config.num_params):
