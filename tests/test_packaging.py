@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import REPO
 
 # imported only where an optional feature is used, behind an ImportError or in a benchmark against transformers
-OPTIONAL = {"tensorflow": "extra [tf]", "tensorboard": "extra [tf]", "torch": "bench/rollout.py (extra [dev])"}
+OPTIONAL = {"wandb": "extra [wandb] (train.report_to)", "torch": "bench/rollout.py (extra [dev])"}
 # needed at run time without being imported by name: transformers' apply_chat_template renders the prompts with it
 INDIRECT = {"jinja2"}
 
@@ -67,7 +67,7 @@ def test_notebook_needs_are_an_extra_that_dev_includes():
     lists = _setup_lists()
     notebook = _names(lists["notebook"])
     assert {"pandas", "ipython", "ipykernel", "nbclient", "nbformat"} <= notebook
-    assert "tooln1-jax[notebook]" in lists["dev"]
+    assert "tooln1-jax[notebook,wandb]" in lists["dev"]
     source = (Path(REPO) / "notebooks" / "eval.ipynb").read_text()
     for module in re.findall(r"(?:^|\\n|\")\s*(?:import|from) ([A-Za-z_]\w*)", source):
         if module in sys.stdlib_module_names or module == "tooln1_jax":
