@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-from tooln1_jax import files
+from tooln1_jax import files, logs
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def _in_own_process(fn, *args) -> None:
 
 
 def _stage_main(fn, *args) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.configure_logging()
     fn(*args)
 
 

@@ -124,11 +124,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
         benchmarks.run_cli(args)
     elif args.command == "chain":
-        import logging
+        from tooln1_jax import chain, logs
 
-        from tooln1_jax import chain
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure_logging()
         result = chain.run(args)
         if "table" in result:
             print(chain.markdown(result))

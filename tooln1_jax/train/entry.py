@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 
 from tooln1_jax import config as config_lib
+from tooln1_jax import logs
 
 
 def run(command: str, *, config_path: str | None = None, overrides: list[str] = (), run_dir: str | None = None,
         resume: bool = False):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
+    logs.configure_logging()
     cfg = config_lib.load(config_path, overrides)
     if run_dir is not None:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, run_dir=run_dir))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax import assets, checkpoint, parallel
+from tooln1_jax import assets, checkpoint, logs, parallel
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
@@ -87,7 +87,7 @@ def _attach_log_file(path: Path) -> logging.Handler:
     """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds)."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(logs.LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
