@@ -2,7 +2,7 @@
 state, the RNG key and the model config. Saved every N steps (asynchronously where available), the last K kept.
 
 Layout: RUN_DIR/checkpoints/<step>/{params, opt_state, meta}. `load_model` reads just the parameters back from a
-run directory or one step directory, for evaluation, generation and `tooln1 export`.
+run directory or one step directory, for evaluation, generation and `tooln1 export` (LoRA adapters merged in).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from tooln1_jax import assets, parallel
-from tooln1_jax.models import qwen2, weights
+from tooln1_jax.models import lora, qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,17 @@ def _abstract(tree):
 
 
 def model_config_dict(config: Qwen2Config) -> dict:
-    return {"hf": config.to_hf(), "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat}
+    return {"hf": config.to_hf(), "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat,
+            "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": list(config.lora_targets)}}
 
 
 def model_config_from_dict(d: dict, source: str) -> Qwen2Config:
+    adapters = d.get("lora") or {"rank": 0}
+    lora_settings = {"lora_rank": adapters["rank"]}
+    if adapters["rank"]:
+        lora_settings.update(lora_alpha=adapters["alpha"], lora_targets=tuple(adapters["targets"]))
     return Qwen2Config.from_hf(d["hf"], source=source, dtype=d["dtype"], param_dtype=d["param_dtype"],
-                               remat=d.get("remat", False))
+                               remat=d.get("remat", False), **lora_settings)
 
 
 class Checkpoints:
@@ -100,6 +105,10 @@ def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:
     diffs = [f"{k}: checkpoint {theirs.get(k)!r}, config {ours.get(k)!r}" for k in keys if theirs.get(k) != ours.get(k)]
     if diffs:
         raise ValueError(f"{where}: the checkpoint is of another model shape ({'; '.join(diffs)})")
+    saved_lora = saved.get("lora") or {"rank": 0}
+    ours_lora = {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": list(config.lora_targets)}
+    if saved_lora["rank"] != ours_lora["rank"] or (ours_lora["rank"] and saved_lora != ours_lora):
+        raise ValueError(f"{where}: the checkpoint's LoRA settings {saved_lora} differ from the config's {ours_lora}")
     if saved.get("param_dtype") != config.param_dtype:
         raise ValueError(f"{where}: the checkpoint holds {saved.get('param_dtype')} parameters, the config wants "
                          f"{config.param_dtype}")
@@ -150,6 +159,9 @@ def _load_model(path: str | Path, mesh, dtype: str | None):
     params = checkpoints.restore_params(step, like)
     checkpoints.close()
     log.info("loaded %s step %d", run_dir, step)
+    if config.lora_rank:
+        log.info("LoRA adapters (rank %d) merged into the weights", config.lora_rank)
+        return lora.merge(config, params)
     return config, params
 
 

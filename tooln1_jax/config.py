@@ -37,6 +37,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool | str = False  # backward recomputation: none (= false), dots (keep matmul outputs), full (= true)
     attention: str = "auto"  # training attention: auto | dense | blockwise | xla | cudnn (models/attention.py)
+    # LoRA (models/lora.py): rank > 0 trains only adapters on the target projections; the frozen base is the
+    # GRPO reference policy; `tooln1 export` merges the adapters into the weights
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +220,8 @@ RANGES = {
     "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
     "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT, "model.vocab_size": POSITIVE_INT,
     "model.init_seed": NON_NEGATIVE,
+    "model.lora_rank": NON_NEGATIVE,  # 0: no LoRA, every parameter trains
+    "model.lora_alpha": POSITIVE,
     "data.max_prompt_tokens": POSITIVE_INT,
     "data.num_epochs": POSITIVE_INT,
     "rollout.num_generations": Range(2),  # group advantages need two replies
@@ -452,6 +459,15 @@ def validate(config: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    lora_targets = ModelConfig.lora_targets  # the default is every projection
+    if config.model.lora_rank:
+        wrong = sorted(set(config.model.lora_targets) - set(lora_targets))
+        if wrong or not config.model.lora_targets:
+            raise ConfigError(f"model.lora_targets must be a non-empty subset of {', '.join(lora_targets)}; got "
+                              f"{list(config.model.lora_targets)}")
+        if config.optim.token_rows:
+            raise ConfigError("optim.token_rows trains embedding rows, which are frozen with LoRA "
+                              "(model.lora_rank > 0): use one or the other")
     unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
     if unknown:
         raise ConfigError(f"train.report_to: unknown {unknown}; choose among tensorboard, wandb (or [])")

@@ -17,6 +17,7 @@ rows (no cache) give `segment_ids`/`prefix_ids` instead, and attention goes thro
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax
@@ -32,6 +33,7 @@ Params = Any
 HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
 REMAT_POLICIES = (False, True, "none", "dots", "full")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,10 @@ class Qwen2Config:
     param_dtype: str = "float32"
     remat: bool | str = False  # backward-pass recomputation: none/False, dots (keep matmul outputs), full/True
     attention: str = "auto"  # no-cache attention with segment/prefix ids: see models/attention.py
+    # LoRA adapters (models/lora.py) on the `lora_targets` projections: rank 0 = none
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -67,6 +73,12 @@ class Qwen2Config:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(map(str, REMAT_POLICIES))}, got {self.remat!r}")
         attention.resolve(self.attention)
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown or (self.lora_rank and not self.lora_targets):
+            raise ValueError(f"lora_targets must be a non-empty subset of {', '.join(LORA_TARGETS)}; got "
+                             f"{list(self.lora_targets)}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
@@ -189,6 +201,35 @@ def _zeros(names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
+class LoRA(nn.Module):
+    """The low-rank update of one projection, x -> (x A) B * alpha / rank over its flattened input and output
+    (PEFT's conventions: A uniform with bound 1/sqrt(fan_in), B zero, so a fresh adapter changes nothing)."""
+
+    config: Qwen2Config
+    in_dims: int  # trailing input dims of x the projection contracts
+    out_shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        lead = x.shape[:x.ndim - self.in_dims]
+        x = x.reshape(*lead, -1)
+        a = self.param("a", nn.with_logical_partitioning(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                                         (None, None)), (x.shape[-1], c.lora_rank), c.param_dtype)
+        b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, None)),
+                       (c.lora_rank, math.prod(self.out_shape)), c.param_dtype)
+        y = (x @ a.astype(c.dtype)) @ b.astype(c.dtype)
+        return (y * (c.lora_alpha / c.lora_rank)).reshape(*lead, *self.out_shape)
+
+
+def _with_lora(config: Qwen2Config, name: str, y, x, in_dims: int, out_shape: tuple[int, ...]):
+    """y (the projection `name` of x) plus its adapter's update when `name` is a LoRA target. Call inside the
+    module that owns the projection: the adapter is its sibling `<name>_lora`."""
+    if not config.lora_rank or name not in config.lora_targets:
+        return y
+    return y + LoRA(config, in_dims, out_shape, name=f"{name}_lora")(x)
+
+
 class RMSNorm(nn.Module):
     config: Qwen2Config
 
@@ -226,9 +267,10 @@ class Attention(nn.Module):
         h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
         def proj(name, heads, axis_name):
-            return nn.DenseGeneral((heads, d), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
-                                   kernel_init=_init(c, ("embed", axis_name, "head_dim")),
-                                   bias_init=_zeros((axis_name, "head_dim")), name=name)(x)
+            y = nn.DenseGeneral((heads, d), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
+                                kernel_init=_init(c, ("embed", axis_name, "head_dim")),
+                                bias_init=_zeros((axis_name, "head_dim")), name=name)(x)
+            return _with_lora(c, name, y, x, 1, (heads, d))
 
         heads_axes = ("batch", "length", "act_heads", "head_dim")
         kv_axes = ("batch", "length", "act_kv_heads", "head_dim")
@@ -258,9 +300,10 @@ class Attention(nn.Module):
     @nn.nowrap
     def _out(self, out):
         c = self.config
-        return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
-                               param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
-                               name="o_proj")(out)
+        y = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
+                            param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
+                            name="o_proj")(out)
+        return _with_lora(c, "o_proj", y, out, 2, (c.hidden_size,))
 
 
 class MLP(nn.Module):
@@ -271,8 +314,9 @@ class MLP(nn.Module):
         c = self.config
 
         def dense(name, features, axes, inp):
-            return nn.Dense(features, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-                            kernel_init=_init(c, axes), name=name)(inp)
+            y = nn.Dense(features, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
+                         kernel_init=_init(c, axes), name=name)(inp)
+            return _with_lora(c, name, y, inp, 1, (features,))
 
         mlp_axes = ("batch", "length", "act_mlp")
         gate = constrain(dense("gate_proj", c.intermediate_size, ("embed", "mlp"), x), mlp_axes)

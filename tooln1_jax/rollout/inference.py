@@ -2,8 +2,8 @@
 
 `prepare` turns the training parameters (layers stacked on a leading axis, FSDP-sharded, param dtype) into
 `InferenceWeights`: one dict of arrays per layer (a stacked weight sliced inside a step is copied there), in the
-rollout dtype, without the FSDP axis (tensor parallel stays), so a decode step reads each weight once and gathers
-nothing. It is made once per training step; it costs one model's worth of memory in that dtype (the whole model on
+rollout dtype, without the FSDP axis (tensor parallel stays), LoRA adapters merged into the weights, so a decode
+step reads each weight once and gathers nothing. It is made once per training step; it costs one model's worth of memory in that dtype (the whole model on
 every device of an FSDP group) unless `fsdp=True` keeps the FSDP axis.
 
 `forward` is the Qwen2 decoder (same math as `models.qwen2`, tested against it and transformers) over per-layer KV
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
 from tooln1_jax import parallel
-from tooln1_jax.models import decode_attention, qwen2
+from tooln1_jax.models import decode_attention, lora, qwen2
 from tooln1_jax.models.qwen2 import Qwen2Config
 
 _LAYER_LEAVES = {  # name in InferenceWeights.layers[i] -> path under params["model"]["layers"]
@@ -81,6 +81,7 @@ def _prepare_program(config: Qwen2Config, dtype: str, fsdp: bool, mesh: Mesh, tr
         out_shapes, out_names, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x))
 
     def convert(params):
+        params = lora.merge(config, params)[1]  # LoRA adapters folded into this copy (a no-op without them)
         cast = jax.tree.map(lambda x: x.astype(dtype), params)
         return _arrange(cast, lambda x, i: x[i], n, tied,
                         lambda x, a: x.reshape(x.shape[:a] + (x.shape[a] * x.shape[a + 1],) + x.shape[a + 2:]))

@@ -16,7 +16,7 @@ from tooln1_jax import assets, checkpoint, logs, parallel
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
-from tooln1_jax.models import presets, qwen2, weights
+from tooln1_jax.models import lora, presets, qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
@@ -32,7 +32,8 @@ def build_config(cfg: RunConfig) -> Qwen2Config:
     """The model config alone (reads only config.json or the GGUF header), to check things before loading."""
     m = cfg.model
     runtime = {"dtype": weights.default_dtype() if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
-               "remat": m.remat, "attention": m.attention}
+               "remat": m.remat, "attention": m.attention, "lora_rank": m.lora_rank, "lora_alpha": m.lora_alpha,
+               "lora_targets": tuple(m.lora_targets)}
     if m.path:
         source = weights.open_source(m.path)
         return Qwen2Config.from_hf(source.hf_config, source=str(getattr(source, "hf_config_path", m.path)), **runtime)
@@ -44,9 +45,13 @@ def build_config(cfg: RunConfig) -> Qwen2Config:
 
 
 def build_params(cfg: RunConfig, config: Qwen2Config, mesh):
-    """Load the configured weights, or initialise the configured shape, straight onto the mesh."""
+    """Load the configured weights, or initialise the configured shape, straight onto the mesh (with fresh LoRA
+    adapters when the config has them)."""
     if cfg.model.path:
-        return weights.load_params(config, weights.open_source(cfg.model.path), mesh)
+        base = weights.load_params(config.replace(lora_rank=0), weights.open_source(cfg.model.path), mesh)
+        if not config.lora_rank:
+            return base
+        return lora.add_adapters(config, base, jax.random.key(cfg.model.init_seed), mesh)
     shapes, logical = qwen2.abstract_params(config)
     shardings = parallel.shardings(shapes, logical, mesh)
     init = jax.jit(lambda key: qwen2.init_params(config, key), out_shardings=shardings)
@@ -104,9 +109,16 @@ def banner(run: "TrainingRun") -> str:
     mesh = " ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
     cfg = run.cfg
+    trainable = lora.partition(run.params)[0]
+    if trainable is not run.params:
+        m = cfg.model
+        params = f"{params:,} parameters of which {lora.count(trainable):,} train: LoRA rank {m.lora_rank}, " \
+                 f"alpha {m.lora_alpha:g} on {', '.join(m.lora_targets)}"
+    else:
+        params = f"{params:,} parameters"
     return (f"tooln1-jax {__version__} {run.name}: jax {jax.__version__}, backend {jax.default_backend()}, "
             f"{len(devices)} device(s) ({', '.join(kinds)}), {jax.process_count()} process(es), mesh {mesh}; "
-            f"model {cfg.model.path or cfg.model.preset or 'random init'} ({params:,} parameters, {cfg.model.param_dtype} weights, "
+            f"model {cfg.model.path or cfg.model.preset or 'random init'} ({params}, {cfg.model.param_dtype} weights, "
             f"{run.model_config.dtype} compute); {len(run.train_records)} training records; run dir {run.run_dir}")
 
 

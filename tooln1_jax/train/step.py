@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from tooln1_jax import parallel
 from tooln1_jax.config import GRPOConfig, OptimConfig
+from tooln1_jax.models import lora
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.train import grpo
 from tooln1_jax.train.sequences import packed_logprobs, response_logprobs
@@ -75,16 +76,18 @@ def _split_micro(x: jax.Array, micro: int, sharding: NamedSharding | None) -> ja
 
 
 def _accumulate(loss_fn, params, batch: dict, micro: int, mesh: Mesh):
-    """Sum of gradients and of metrics over micro-batches of `batch` (loss_fn returns (loss, metrics))."""
+    """Sum of gradients of the trainable parameters (`lora.partition`) and of metrics over micro-batches of `batch`
+    (loss_fn(params, micro_batch) returns (loss, metrics))."""
     micro_batches = {k: _split_micro(v, micro, parallel.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    trainable, frozen = lora.partition(params)
+    grad_fn = jax.value_and_grad(lambda t, mb: loss_fn(lora.combine(t, frozen), mb), has_aux=True)
 
     def body(grads, mb):
         with parallel.activation_sharding(mesh):  # batch over (data, fsdp): FSDP gathers weights, not activations
-            (_, metrics), g = grad_fn(params, mb)
+            (_, metrics), g = grad_fn(trainable, mb)
         return jax.tree.map(jnp.add, grads, g), metrics
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
     return jax.lax.scan(body, zeros, micro_batches)
 
 
@@ -101,8 +104,10 @@ def _token_weighted(metrics: dict, summed: tuple[str, ...]) -> dict:
 
 
 def _apply(optimizer, params, opt_state, grads):
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+    """One optimizer step on the trainable parameters (`grads` and `opt_state` are theirs)."""
+    trainable, frozen = lora.partition(params)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    return lora.combine(optax.apply_updates(trainable, updates), frozen), opt_state, optax.global_norm(grads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,19 +257,22 @@ def _packed_logprobs(config: Qwen2Config, temperature: float, with_entropy: bool
 
 
 class StepFunctions:
-    """Jitted log-prob pass and update steps of one run (one program per batch shape, shardings declared)."""
+    """Jitted log-prob pass and update steps of one run (one program per batch shape, shardings declared). The
+    optimizer holds state for the trainable parameters only: all of them, or the LoRA adapters (`lora.partition`)."""
 
     def __init__(self, config: Qwen2Config, optimizer: optax.GradientTransformation, mesh: Mesh, params):
         self.config, self.optimizer, self.mesh = config, optimizer, mesh
         self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        abstract_state = jax.eval_shape(optimizer.init, params)
-        self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, self.param_shardings,
+        trainable_shardings = lora.partition(self.param_shardings)[0]
+        abstract_state = jax.eval_shape(optimizer.init, lora.partition(params)[0])
+        self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, trainable_shardings,
                                                    transform_non_params=lambda _: parallel.replicated(mesh))
         self._programs: dict = {}  # one jitted function per static setting (jit then compiles per shape)
 
     def init_opt_state(self, params):
-        return jax.jit(self.optimizer.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(
-            params)
+        trainable = lora.partition(params)[0]
+        return jax.jit(self.optimizer.init, in_shardings=(lora.partition(self.param_shardings)[0],),
+                       out_shardings=self.opt_shardings)(trainable)
 
     def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int, micro: int):
         key = ("logprobs", temperature, with_entropy, prompt_width, micro)

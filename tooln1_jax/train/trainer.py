@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax import parallel
+from tooln1_jax.models import lora
 from tooln1_jax.rewards import plugins
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import grpo, packing, sft
@@ -119,8 +120,10 @@ class GRPOTrainer(TrainingRun):
         # brings back the policy and optimizer of the checkpoint
         self.warm_start_history = sft.warm_start(self) if cfg.sft.warm_start_steps else []
         self.warm_start_val = self.validate() if self.warm_start_history and cfg.train.eval_every else {}
-        self.ref_params = None
-        if cfg.grpo.beta > 0:
+        self.ref_params = self.ref_adapters = None
+        if cfg.grpo.beta > 0 and self.model_config.lora_rank:  # the reference shares the frozen base weights
+            self.ref_adapters = jax.tree.map(jnp.copy, lora.partition(self.params)[0])
+        elif cfg.grpo.beta > 0:
             dtype = self.model_config.dtype if cfg.grpo.ref_dtype == "compute" else None
             self.ref_params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype or x.dtype), p),
                                       out_shardings=self.steps.param_shardings)(self.params)
@@ -129,6 +132,14 @@ class GRPOTrainer(TrainingRun):
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
                                      micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
         self.packed_settings = dataclasses.replace(self.settings, micro_batch_size=self.micro_rows())
+
+    def reference_params(self):
+        """The frozen reference policy (the one GRPO starts from, after any warm start), or None without a KL term:
+        a copy of the weights, or with LoRA the frozen base with a copy of the starting adapters (rebuilt each step:
+        the updates donate the weights)."""
+        if self.ref_adapters is not None:
+            return lora.combine(self.ref_adapters, lora.partition(self.params)[1])
+        return self.ref_params
 
     def log_warm_start(self):
         """The warm start's steps as step-0 lines of metrics.jsonl (keys `warm_start/...`), its last line with the
@@ -180,6 +191,7 @@ class GRPOTrainer(TrainingRun):
         one_minibatch = t.batch_size == t.mini_batch_size
         log_entropy = self.logged_next()
         batches, self.layout_stats = [], {"computed": 0, "useful": 0}
+        reference = self.reference_params()
         width = parallel.global_max(sampler.bucket(max(1, max(map(len, generated_ids))), 16))
         for start in range(0, len(records), per):
             recs = records[start:start + per]
@@ -198,8 +210,8 @@ class GRPOTrainer(TrainingRun):
                                                                         **kwargs)
                 if log_entropy:
                     batch["entropy"] = entropy
-            if self.ref_params is not None:
-                batch["ref_logp"], _ = self.steps.packed_logprobs(self.ref_params, batch, **kwargs)
+            if reference is not None:
+                batch["ref_logp"], _ = self.steps.packed_logprobs(reference, batch, **kwargs)
             batches.append(batch)
         self.layout_stats["real"] = self.layout_stats["useful"]
         return batches
@@ -212,7 +224,7 @@ class GRPOTrainer(TrainingRun):
         g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
         packed = self.pack([records[i // g]["prompt_ids"] for i in range(len(generated_ids))], generated_ids)
         rows = self.sequences_per_update() // jax.process_count()
-        batches = []
+        batches, reference = [], self.reference_params()
         for start in range(0, len(generated_ids), rows):
             sl = slice(start, start + rows)
             batch = {"tokens": packed.tokens[sl], "attention_mask": packed.attention_mask[sl],
@@ -222,8 +234,8 @@ class GRPOTrainer(TrainingRun):
             pass_kwargs = {"micro_batch_size": self.cfg.train.micro_batch_size, "temperature": temperature}
             batch["old_logp"], batch["entropy"] = self.steps.logprobs(self.params, *pass_args, with_entropy=True,
                                                                       **pass_kwargs)
-            if self.ref_params is not None:
-                batch["ref_logp"], _ = self.steps.logprobs(self.ref_params, *pass_args, **pass_kwargs)
+            if reference is not None:
+                batch["ref_logp"], _ = self.steps.logprobs(reference, *pass_args, **pass_kwargs)
             batches.append(batch)
         computed = packed.tokens.size * jax.process_count()
         useful = sum(len(rec["prompt_ids"]) for rec in records) + sum(map(len, generated_ids))
