@@ -3,6 +3,7 @@ JSON with its wall and CPU seconds, the GRPO reward of each step and the demo's 
 
     python -m tooln1_jax.bench.demo                       # the demo itself
     python -m tooln1_jax.bench.demo -- --set train.steps=6  # a variant
+    python -m tooln1_jax.bench.demo --check runs/demo       # the figures of a finished run; exit 1 if they fail
 
 Acceptance (README, "Quick start"): at least 6 GRPO steps; the mean reward of the last three >= 0.3 and >= 0.25
 above the mean of the first three.
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default=None, help="default: a temporary directory, removed afterwards")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments after -- go to `tooln1 train`")
+    parser.add_argument("--check", metavar="RUN_DIR", default=None,
+                        help="only summarize a finished demo run's metrics.jsonl; exit 1 unless it meets the figures")
     args = parser.parse_args(argv)
+    if args.check:
+        out = summarize([json.loads(line) for line in (Path(args.check) / "metrics.jsonl").read_text().splitlines()])
+        print(json.dumps(out))
+        if not out["passes"]:
+            raise SystemExit(f"{args.check}: the demo's reward figures miss the acceptance: at least {MIN_STEPS} GRPO "
+                             f"steps, last three >= {MIN_FINAL} and >= {MIN_RISE} above the first three")
+        return out
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.run_dir or Path(tmp) / "demo")

@@ -148,10 +148,12 @@ def match_level(calls: list, answer: list) -> int:
 
 
 def score_details(reply: str, answer: list | str, variant: str = "binary") -> tuple[float, bool, bool]:
-    """(reward, exact match of the calls, well-formed: think tags + a decodable call block) of one reply."""
-    parsed = parse_reply(reply)
-    exact = parsed.calls is not None and match_level(parsed.calls, answer) == 2
-    return score(reply, answer, variant), exact, parsed.status == OK and parsed.has_think
+    """(reward, exact match of the calls, well-formed: think tags + a decodable call block) of one reply, from one
+    parse of it."""
+    _check_variant(variant)
+    parsed, truth = parse_reply(reply), _answer_calls(answer)
+    exact = parsed.calls is not None and truth is not None and match_level(parsed.calls, truth) == 2
+    return _score_parsed(parsed, truth, variant), exact, parsed.status == OK and parsed.has_think
 
 
 def score(reply: str, answer: list | str, variant: str = "binary") -> float:
@@ -159,12 +161,17 @@ def score(reply: str, answer: list | str, variant: str = "binary") -> float:
 
     Raises ValueError only for an unknown `variant` (a programming error, not a data one).
     """
+    _check_variant(variant)
+    return _score_parsed(parse_reply(reply), _answer_calls(answer), variant)
+
+
+def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
-    parsed = parse_reply(reply)
-    truth = _answer_calls(answer)
-    level = match_level(parsed.calls, truth) if parsed.calls is not None and truth is not None else 0
 
+
+def _score_parsed(parsed: ParsedReply, truth: list | None, variant: str) -> float:
+    level = match_level(parsed.calls, truth) if parsed.calls is not None and truth is not None else 0
     if variant == "binary":
         return 1.0 if parsed.has_think and level == 2 else 0.0
     if variant == "binary_no_think":
