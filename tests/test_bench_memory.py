@@ -33,3 +33,15 @@ def test_memory_report_of_the_demo_config_on_four_devices():
         assert dev[program]["argument_bytes"] >= dev["params_bytes"]
     # the update's arguments hold params + AdamW moments (about 3x the parameter bytes)
     assert dev["update"]["argument_bytes"] >= 2.9 * dev["params_bytes"]
+
+
+def test_lora_keeps_optimizer_state_and_reference_to_the_adapters():
+    report = _report("--config", "configs/demo.yaml", "--devices", "1", "--set", "model.lora_rank=8")
+    model, dev = report["model"], report["per_device"]
+    # demo shape: 2 layers, hidden 64, MLP 128, 4 heads of 16, 2 KV heads; rank 8 on all seven projections
+    per_layer = sum(i + o for i, o in [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)])
+    assert model["lora_rank"] == 8 and model["trainable_params"] == 2 * 8 * per_layer
+    adapter_bytes = 4 * model["trainable_params"]
+    assert dev["ref_params_bytes"] == adapter_bytes  # the reference shares the frozen base
+    assert 2 * adapter_bytes <= dev["opt_state_bytes"] <= 2 * adapter_bytes + 64  # AdamW moments (+ step counts)
+    assert dev["params_bytes"] > 100 * dev["opt_state_bytes"]

@@ -33,6 +33,9 @@ def demo_run(tmp_path_factory):
     return run_dir, result, seconds
 
 
+# The demo run (~4-5 minutes) is `slow`: CI runs the same `tooln1 train` in its quick-start step and checks the same
+# reward figures there (`python -m tooln1_jax.bench.demo --check`, `.ci/run`).
+@pytest.mark.slow
 def test_train_demo_leaves_a_complete_run_directory(demo_run):
     run_dir, result, seconds = demo_run
     assert seconds < 600, f"the demo took {seconds:.0f} s"
@@ -58,6 +61,7 @@ def test_train_demo_leaves_a_complete_run_directory(demo_run):
     assert "done:" in result.stdout and "warm start: " in result.stderr
 
 
+@pytest.mark.slow
 def test_the_demo_learns(demo_run):
     """GRPO raises the sampled reward of the warm-started policy by the demo's acceptance figures (fixed seeds:
     on this CPU class the run gives 0.359 over the first three steps and 0.661 over the last three; README,
@@ -70,6 +74,7 @@ def test_the_demo_learns(demo_run):
     assert figures["val_reward"][0] == 1.0, figures  # greedy replies of the warm-started policy are right
 
 
+@pytest.mark.slow
 def test_export_of_the_demo_checkpoint_loads_in_transformers_with_the_same_logits(demo_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -88,6 +93,7 @@ def test_export_of_the_demo_checkpoint_loads_in_transformers_with_the_same_logit
     np.testing.assert_allclose(ours, theirs, atol=2e-4 * max(1.0, np.abs(theirs).max()))
 
 
+@pytest.mark.slow
 def test_eval_reads_the_run_directory(demo_run, tmp_path):
     run_dir, _, _ = demo_run
     result, _ = _tooln1("eval", "bfcl", "--model", str(run_dir), "--out", str(tmp_path / "eval"), "--limit", "2",

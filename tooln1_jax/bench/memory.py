@@ -35,8 +35,10 @@ def _model_config(cfg, config_path: str):
     from tooln1_jax.models import presets
     from tooln1_jax.train.run import build_config
 
-    runtime = {"dtype": "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype,
-               "param_dtype": cfg.model.param_dtype, "remat": cfg.model.remat, "attention": cfg.model.attention}
+    m = cfg.model
+    runtime = {"dtype": "bfloat16" if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
+               "remat": m.remat, "attention": m.attention, "lora_rank": m.lora_rank, "lora_alpha": m.lora_alpha,
+               "lora_targets": tuple(m.lora_targets)}
     if cfg.model.preset:
         return presets.preset(cfg.model.preset, **runtime)
     try:
@@ -57,7 +59,6 @@ def _bytes(compiled) -> dict:
 
 
 def run(config_path: str, overrides: list[str], devices: int, attention: str | None) -> dict:
-    import dataclasses
     import math
 
     import jax
@@ -65,7 +66,7 @@ def run(config_path: str, overrides: list[str], devices: int, attention: str | N
 
     from tooln1_jax import config as config_lib
     from tooln1_jax import parallel
-    from tooln1_jax.models import qwen2
+    from tooln1_jax.models import lora, qwen2
     from tooln1_jax.rollout.sampler import bucket
     from tooln1_jax.train.packing import ROW_QUANTUM
     from tooln1_jax.train.step import GRPOSettings, StepFunctions, make_optimizer
@@ -83,7 +84,7 @@ def run(config_path: str, overrides: list[str], devices: int, attention: str | N
     optimizer = make_optimizer(cfg.optim, 1000)
     steps = StepFunctions(model, optimizer, mesh, params)
     opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                             jax.eval_shape(optimizer.init, params), steps.opt_shardings)
+                             jax.eval_shape(optimizer.init, lora.partition(params)[0]), steps.opt_shardings)
 
     t, r, g = cfg.train, cfg.rollout, cfg.grpo
     group = cfg.data.max_prompt_tokens + r.num_generations * r.max_new_tokens
@@ -112,7 +113,8 @@ def run(config_path: str, overrides: list[str], devices: int, attention: str | N
         return int(total)
 
     ref_dtype = model.dtype if g.ref_dtype == "compute" else None
-    ref_bytes = per_device(params, ref_dtype) if g.beta > 0 else 0
+    # the reference: a copy of the weights; with LoRA a copy of the adapters only (it shares the frozen base)
+    ref_bytes = per_device(lora.partition(params)[0], ref_dtype) if g.beta > 0 else 0
     update = _bytes(steps.grpo_packed_program(batch, settings).lower(params, opt_state, batch).compile())
     update["resident_bytes"] = update["peak_bytes"] + ref_bytes
     logprob_batch = {k: batch[k] for k in ("tokens", "positions", "segment_ids", "prefix_ids", "predict", "targets")}
@@ -122,7 +124,8 @@ def run(config_path: str, overrides: list[str], devices: int, attention: str | N
     gib = 1024 ** 3
     return {"config": config_path, "overrides": overrides, "devices": devices, "mesh": dict(mesh.shape),
             "model": {"params": model.num_params, "dtype": model.dtype, "remat": model.remat_policy,
-                      "attention": model.attention},
+                      "attention": model.attention, "lora_rank": model.lora_rank,
+                      "trainable_params": sum(math.prod(x.shape) for x in jax.tree.leaves(lora.partition(params)[0]))},
             "worst_case": {"prompt": cfg.data.max_prompt_tokens, "reply": r.max_new_tokens,
                            "group_tokens": group, "row_tokens": length, "groups_per_row": per_row, "rows": rows,
                            "micro_rows": micro_rows},
