@@ -106,7 +106,7 @@ def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:
     if diffs:
         raise ValueError(f"{where}: the checkpoint is of another model shape ({'; '.join(diffs)})")
     saved_lora = saved.get("lora") or {"rank": 0}
-    ours_lora = {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": list(config.lora_targets)}
+    ours_lora = model_config_dict(config)["lora"]
     if saved_lora["rank"] != ours_lora["rank"] or (ours_lora["rank"] and saved_lora != ours_lora):
         raise ValueError(f"{where}: the checkpoint's LoRA settings {saved_lora} differ from the config's {ours_lora}")
     if saved.get("param_dtype") != config.param_dtype:
