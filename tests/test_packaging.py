@@ -67,7 +67,7 @@ def test_notebook_needs_are_an_extra_that_dev_includes():
     lists = _setup_lists()
     notebook = _names(lists["notebook"])
     assert {"pandas", "ipython", "ipykernel", "nbclient", "nbformat"} <= notebook
-    assert "tooln1-jax[notebook,wandb]" in lists["dev"]
+    assert "tooln1-jax[notebook,wandb,gcs]" in lists["dev"]
     source = (Path(REPO) / "notebooks" / "eval.ipynb").read_text()
     for module in re.findall(r"(?:^|\\n|\")\s*(?:import|from) ([A-Za-z_]\w*)", source):
         if module in sys.stdlib_module_names or module == "tooln1_jax":

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from tooln1_jax import assets, parallel
+from tooln1_jax import assets, parallel, paths
 from tooln1_jax.models import lora, qwen2, weights
 from tooln1_jax.models.qwen2 import Qwen2Config
 
@@ -46,7 +46,8 @@ class Checkpoints:
     """Save and restore a run's training state under RUN_DIR/checkpoints."""
 
     def __init__(self, run_dir: str | Path, *, keep: int = 2, async_save: bool = True, read_only: bool = False):
-        self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+        run_dir = paths.path(run_dir)  # orbax writes to gs:// itself (tensorstore for arrays, epath for the rest)
+        self.directory = (run_dir if paths.is_remote(run_dir) else run_dir.absolute()) / CHECKPOINT_DIR
         if not read_only and jax.process_index() == 0:
             remove_unfinished(self.directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -92,7 +93,10 @@ def remove_unfinished(directory: Path) -> list[Path]:
     stale = sorted(directory.glob(TMP_PATTERN)) if directory.is_dir() else []
     for path in stale:
         log.warning("removing the unfinished checkpoint %s", path)
-        shutil.rmtree(path, ignore_errors=True)
+        if paths.is_remote(path):
+            path.rmtree(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
     return stale
 
 
@@ -116,7 +120,8 @@ def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:
 
 def _resolve(path: str | Path) -> tuple[Path, int | None]:
     """(run directory, step or None for the latest) from a run directory or a step directory inside it."""
-    p = Path(path).absolute()
+    p = paths.path(path)
+    p = p if paths.is_remote(p) else p.absolute()
     if (p / CHECKPOINT_DIR).is_dir():
         return p, None
     if p.parent.name == CHECKPOINT_DIR and p.name.isdigit():

@@ -6,6 +6,10 @@
   together (train.parquet, test.parquet, stats.json) never mix two runs.
 - `strict_json`: `json.dumps` that never writes NaN / Infinity (not JSON): they become null.
 
+In an object store (gs://, see `paths`) writing one object is already all-or-nothing: `open_atomic` collects the
+text and writes the object once at the end; `replace_dir` fills a local temporary directory and then copies its
+files over (each file whole, the set not in one step).
+
 Pure Python (no jax).
 """
 
@@ -16,14 +20,22 @@ import json
 import math
 import os
 import shutil
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+from tooln1_jax import paths
 
 
 @contextlib.contextmanager
 def open_atomic(path: str | os.PathLike, *, encoding: str = "utf-8", errors: str = "strict") -> Iterator[TextIO]:
     """A text file opened for writing that replaces `path` only when the block ends without an error."""
+    if paths.is_remote(path):
+        buffer = io.StringIO()
+        yield buffer
+        paths.path(path).write_bytes(buffer.getvalue().encode(encoding, errors))
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -47,6 +59,9 @@ def replace_dir(target: str | os.PathLike, *, expected: tuple[str, ...]) -> Iter
 
     An existing `target` may only hold names in `expected` (it is removed as a whole, so nothing else may be lost).
     """
+    if paths.is_remote(target):
+        yield from _replace_remote_dir(paths.path(target), expected)
+        return
     target = Path(target)
     if target.exists():
         if not target.is_dir():
@@ -68,6 +83,23 @@ def replace_dir(target: str | os.PathLike, *, expected: tuple[str, ...]) -> Iter
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_remote_dir(target, expected: tuple[str, ...]) -> Iterator[Path]:
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in expected) if target.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{target}: holds files this command did not write ({', '.join(foreign[:5])}); "
+                              f"choose an empty or new directory")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+        target.mkdir(parents=True, exist_ok=True)
+        for stale in target.iterdir() if target.is_dir() else []:
+            if not (Path(tmp) / stale.name).exists():
+                stale.unlink()
+        for file in sorted(Path(tmp).iterdir()):
+            (target / file.name).write_bytes(file.read_bytes())
 
 
 def finite(value: Any) -> Any:

@@ -9,6 +9,8 @@ import logging
 import os
 from pathlib import Path
 
+from tooln1_jax import paths
+
 ASSETS_DIR = Path(__file__).resolve().parent
 TOKENIZER_DIR = ASSETS_DIR / "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
@@ -34,9 +36,9 @@ def tokenizer_dir_for(model: str | os.PathLike | None) -> tuple[Path, str]:
     the local Hugging Face cache; otherwise (a .gguf file, no files) the shipped Qwen2.5 tokenizer."""
     if model is None:
         return TOKENIZER_DIR, "the shipped Qwen2.5 tokenizer (no model given)"
-    p = Path(model)
+    p = paths.path(model)
     if p.is_dir():
-        if has_tokenizer(p):
+        if not paths.is_remote(p) and has_tokenizer(p):
             return p, "the model's own"
         run_dir = p.parent.parent if p.parent.name == "checkpoints" else p
         if (run_dir / "config.yaml").is_file():

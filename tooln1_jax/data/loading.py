@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from tooln1_jax import assets
+from tooln1_jax import assets, paths
 from tooln1_jax.data import converters, prepare, prepared, prompts, raw_files, records
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
         kind, location = spec.split("=", 1)
         rows = _convert_and_split({kind: location}, split, seed, test_fraction)
     else:
-        path = Path(spec)
+        path = paths.path(spec)  # local or gs://
         if path.is_dir():
             path = path / f"{split}.parquet"
         if not path.exists():

@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from tooln1_jax import assets, files
+from tooln1_jax import assets, files, paths
 from tooln1_jax.data import converters, prepared, prompts, records
 
 DUPLICATE_ID = "duplicate_id"
@@ -113,7 +113,7 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
                       for key in ("rows", "examples", "kept", "train", "test", "duplicates_kept")}
     stats["total"]["dropped"] = dict(sorted(total_dropped.items()))
 
-    out_dir = Path(out)
+    out_dir = paths.path(out)  # local or gs://
     with files.replace_dir(out_dir, expected=OUTPUTS) as tmp:  # train and test of one run, or the old ones
         for split, examples in splits.items():
             prepared.write_prepared(examples, tmp / f"{split}.parquet", split)

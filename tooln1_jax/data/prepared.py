@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tooln1_jax import paths
 from tooln1_jax.data import prompts
 from tooln1_jax.data.raw_files import read_parquet
 from tooln1_jax.data.records import DataError
@@ -44,12 +45,16 @@ def write_prepared(records: list[dict], path: str | Path, split: str) -> None:
         columns["prompt_ids"] = [r["prompt_ids"] for r in records]
         schema.append(("prompt_ids", pa.list_(pa.int32())))
     table = pa.table(columns, schema=pa.schema(schema))
-    pq.write_table(table, str(path))
+    if paths.is_remote(path):
+        with paths.path(path).open("wb") as f:
+            pq.write_table(table, f)
+    else:
+        pq.write_table(table, str(path))
 
 
 def read_prepared(path: str | Path) -> list[dict]:
     """Records back from a `write_prepared` parquet file (`prompt_ids` included when present)."""
-    path = Path(path)
+    path = paths.path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected a train.parquet / test.parquet from prepare-data)")
     records = []

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tooln1_jax import paths
 from tooln1_jax.data.records import DataError
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -42,6 +43,9 @@ def read_parquet(path: Path) -> list:
     import pyarrow.parquet as pq
 
     try:
+        if paths.is_remote(path):
+            with path.open("rb") as f:
+                return pq.read_table(f).to_pylist()
         return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file ({e})") from None

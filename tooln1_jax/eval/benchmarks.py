@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tooln1_jax import files
+from tooln1_jax import files, paths
 from tooln1_jax.eval import datasets, report
 from tooln1_jax.eval.checkers import acebench, apibank, bfcl
 from tooln1_jax.eval.checkers.common import Verdict, calls_from_records
@@ -377,7 +377,7 @@ def problems_text(problems: dict[str, Any], limit: int = 20) -> str:
 
 def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> Path:
     """results.jsonl, summary.json and summary.md, each written whole or not at all, strict JSON (NaN -> null)."""
-    out = Path(out)
+    out = paths.path(out)  # local or gs://
     out.mkdir(parents=True, exist_ok=True)
     # backslashreplace: a lone surrogate in a model's reply becomes its JSON escape \udXXX, still valid JSON
     with files.open_atomic(out / "results.jsonl", errors="backslashreplace") as f:
@@ -413,4 +413,4 @@ def run_cli(args) -> None:
     if issues:
         print(issues, file=sys.stderr)
     print(report.markdown(evaluation.summaries))
-    print(f"\nwrote {Path(args.out) / 'results.jsonl'} and summary.json / summary.md")
+    print(f"\nwrote {paths.path(args.out) / 'results.jsonl'} and summary.json / summary.md")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tooln1_jax import paths
 from tooln1_jax.files import strict_json
 
 METRICS_FILE = "metrics.jsonl"
@@ -38,7 +39,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool | None = None, wandb: dict | None = None,
                  resume_step: int | None = None):
-        self.run_dir = Path(run_dir)
+        self.run_dir = paths.path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = _StepFile(self.run_dir / METRICS_FILE, resume_step)
         self._samples = _StepFile(self.run_dir / SAMPLES_FILE, resume_step)
@@ -89,7 +90,7 @@ def read_metrics(run_dir_or_path: str | os.PathLike) -> list[dict[str, Any]]:
 
     A last line cut short by an interrupted write is skipped with a warning; any other bad line is an error.
     """
-    path = Path(run_dir_or_path)
+    path = paths.path(run_dir_or_path)
     if path.is_dir():
         path = path / METRICS_FILE
     return [record for _, record in _read_lines(path)]
@@ -101,7 +102,7 @@ def plot(run_dir_or_metrics_path: str | os.PathLike, out_png: str | os.PathLike,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(run_dir_or_metrics_path)
+    path = paths.path(run_dir_or_metrics_path)
     if path.is_dir():
         path = path / METRICS_FILE
     records = read_metrics(path)
@@ -124,9 +125,10 @@ def plot(run_dir_or_metrics_path: str | os.PathLike, out_png: str | os.PathLike,
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
     fig.suptitle(path.parent.name or str(path))
-    out_png = Path(out_png)
+    out_png = paths.path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    with out_png.open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     return out_png
 
 
@@ -136,13 +138,13 @@ def plot(run_dir_or_metrics_path: str | os.PathLike, out_png: str | os.PathLike,
 class _StepFile:
     """An append-only JSONL file of records with non-decreasing "step", truncated to resume_step when opened."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path, resume_step: int | None):
         self.path = path
         self.last_step: int | None = None
-        self._file = None
-        if not path.exists():
+        self._file = paths.AppendFile(path)
+        text = self._file.read()
+        if not text:
             return
-        text = path.read_text(encoding="utf-8")
         lines = _read_lines(path, text)
         kept = [(line, rec) for line, rec in lines if resume_step is None or rec["step"] <= resume_step]
         dropped = len(lines) - len(kept)
@@ -150,28 +152,22 @@ class _StepFile:
             logger.info("%s: resuming at step %d, dropped %d lines of later steps", path, resume_step, dropped)
         new_text = "".join(line + "\n" for line, _ in kept)
         if new_text != text:  # a torn tail or dropped steps: rewrite atomically
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(new_text, encoding="utf-8")
-            os.replace(tmp, path)
+            self._file.replace(new_text)
         self.last_step = kept[-1][1]["step"] if kept else None
 
     def append(self, step: int, record: Mapping[str, Any]) -> None:
         if self.last_step is not None and step < self.last_step:
             raise ValueError(f"{self.path}: step {step} logged after step {self.last_step}; "
                              "when resuming a run pass resume_step so later lines are dropped first")
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(strict_json(record, default=_json_default) + "\n")  # NaN/Infinity -> null
         self._file.flush()
         self.last_step = step
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._file.close()
 
 
-def _read_lines(path: Path, text: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def _read_lines(path, text: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) pairs of a JSONL file whose records each carry an integer "step"."""
     if text is None:
         text = path.read_text(encoding="utf-8")
@@ -222,7 +218,7 @@ def _json_default(value: Any) -> Any:
 class _TensorBoard:
     """Scalars as TensorBoard event files, written by tensorboardX (no TensorFlow)."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir):
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(logdir), flush_secs=30)
@@ -237,7 +233,7 @@ class _TensorBoard:
         self._writer.close()
 
 
-def _open_tensorboard(logdir: Path, wanted: bool | None) -> _TensorBoard | None:
+def _open_tensorboard(logdir, wanted: bool | None) -> _TensorBoard | None:
     if wanted is False:
         return None
     try:
@@ -254,7 +250,7 @@ class _WandB:
     """Scalars and a table of sample replies in a Weights & Biases run; the run id is kept in run_dir/wandb_id so
     a resumed training run continues the same W&B run."""
 
-    def __init__(self, run_dir: Path, project: str, name: str | None = None, config: dict | None = None):
+    def __init__(self, run_dir, project: str, name: str | None = None, config: dict | None = None):
         try:
             import wandb
         except ImportError:
@@ -263,7 +259,8 @@ class _WandB:
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         self._wandb = wandb
-        self._run = wandb.init(project=project, id=run_id, resume="allow", dir=str(run_dir), name=name,
+        local_dir = None if paths.is_remote(run_dir) else str(run_dir)  # wandb's own files need a local disk
+        self._run = wandb.init(project=project, id=run_id, resume="allow", dir=local_dir, name=name,
                                config=config)
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:

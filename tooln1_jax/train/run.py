@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax import assets, checkpoint, logs, parallel
+from tooln1_jax import assets, checkpoint, logs, parallel, paths
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
@@ -88,9 +88,10 @@ def steps_from_epochs(cfg: RunConfig, num_records: int, num_batches: int) -> Run
     return cfg.replace(train=dataclasses.replace(cfg.train, steps=num_batches))
 
 
-def _attach_log_file(path: Path) -> logging.Handler:
-    """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+def _attach_log_file(path) -> logging.Handler:
+    """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds; in an
+    object store the file is written again at most every 30 s and when the run closes)."""
+    handler = logging.StreamHandler(paths.AppendFile(path, min_interval=30.0))
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(logs.LOG_FORMAT))
     root = logging.getLogger()
@@ -153,7 +154,7 @@ class TrainingRun:
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
         validate(cfg)  # ranges and cross-field rules, also for configs built in code
         self.cfg = cfg
-        self.run_dir = Path(run_dir or cfg.train.run_dir)
+        self.run_dir = paths.path(run_dir or cfg.train.run_dir)  # a local directory or gs://bucket/dir
         t = cfg.train
         parallel.initialize(cfg.mesh.coordinator_address, cfg.mesh.num_processes, cfg.mesh.process_id)
         self.mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
@@ -183,7 +184,7 @@ class TrainingRun:
         if not resume and self.checkpoints.latest_step() is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
                                   "or choose another --run-dir")
-        if not resume and (self.run_dir / METRICS_FILE).is_file() and (self.run_dir / METRICS_FILE).stat().st_size:
+        if not resume and (self.run_dir / METRICS_FILE).is_file() and (self.run_dir / METRICS_FILE).read_text():
             raise FileExistsError(f"{self.run_dir} holds the metrics of an earlier run but no checkpoint (stopped "
                                   "before its first one?): pass --resume to start it again from step 0 in place, "
                                   "or choose another --run-dir")
@@ -374,5 +375,6 @@ class TrainingRun:
         self.checkpoints.close()
         if self._log_file is not None:
             logging.getLogger().removeHandler(self._log_file)
+            self._log_file.stream.close()
             self._log_file.close()
             self._log_file = None
