@@ -14,6 +14,9 @@ import logging
 import math
 import os
 import secrets
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -216,21 +219,38 @@ def _json_default(value: Any) -> Any:
 
 
 class _TensorBoard:
-    """Scalars as TensorBoard event files, written by tensorboardX (no TensorFlow)."""
+    """Scalars as TensorBoard event files, written by tensorboardX (no TensorFlow). For an object-store run
+    directory the events are written to a local folder and copied over at most every `mirror_secs` and on close
+    (tensorboardX's own gs:// writer uploads again whenever it is garbage-collected, even after close)."""
 
-    def __init__(self, logdir):
+    def __init__(self, logdir, mirror_secs: float = 30.0):
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(str(logdir), flush_secs=30)
+        self._remote = paths.path(logdir) if paths.is_remote(logdir) else None
+        self._local = Path(tempfile.mkdtemp(prefix="tooln1-tensorboard-")) if self._remote else Path(logdir)
+        self._writer = SummaryWriter(str(self._local), flush_secs=30)
+        self._mirror_secs = mirror_secs
+        self._mirrored_at = 0.0
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
         for key, value in record.items():
             if key != "step" and value is not None:
                 self._writer.add_scalar(key, float(value), step)
         self._writer.flush()
+        if self._remote is not None and time.monotonic() - self._mirrored_at >= self._mirror_secs:
+            self._mirror()
+
+    def _mirror(self) -> None:
+        self._remote.mkdir(parents=True, exist_ok=True)
+        for events in self._local.iterdir():  # a resumed run adds a file of its own, never rewrites an older one
+            (self._remote / events.name).write_bytes(events.read_bytes())
+        self._mirrored_at = time.monotonic()
 
     def close(self) -> None:
         self._writer.close()
+        if self._remote is not None:
+            self._mirror()
+            shutil.rmtree(self._local, ignore_errors=True)
 
 
 def _open_tensorboard(logdir, wanted: bool | None) -> _TensorBoard | None:

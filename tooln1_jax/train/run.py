@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import logging.handlers
+import queue
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,17 +90,31 @@ def steps_from_epochs(cfg: RunConfig, num_records: int, num_batches: int) -> Run
     return cfg.replace(train=dataclasses.replace(cfg.train, steps=num_batches))
 
 
-def _attach_log_file(path) -> logging.Handler:
+class _LogFile:
     """Everything logged at INFO and above in this process also goes to `path` (appended: a resumed run adds; in an
-    object store the file is written again at most every 30 s and when the run closes)."""
-    handler = logging.StreamHandler(paths.AppendFile(path, min_interval=30.0))
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter(logs.LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-    return handler
+    object store the file is written again at most every 30 s and when the run closes). A background thread does the
+    writing: a storage client that logs from its own I/O thread while the file is being written would otherwise wait
+    on the handler's lock held by the very call waiting for it."""
+
+    def __init__(self, path):
+        self.file = paths.AppendFile(path, min_interval=30.0)
+        self.writer = logging.StreamHandler(self.file)
+        self.writer.setFormatter(logging.Formatter(logs.LOG_FORMAT))
+        records = queue.SimpleQueue()
+        self.handler = logging.handlers.QueueHandler(records)
+        self.handler.setLevel(logging.INFO)
+        self.listener = logging.handlers.QueueListener(records, self.writer)
+        self.listener.start()
+        root = logging.getLogger()
+        root.addHandler(self.handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.listener.stop()  # writes what is queued
+        self.writer.close()
+        self.file.close()
 
 
 def banner(run: "TrainingRun") -> str:
@@ -148,7 +164,7 @@ class TrainingRun:
     """Set-up and loop shared by `GRPOTrainer` and `SFTTrainer`; they add `train_step()`."""
 
     name = "run"
-    _log_file: logging.Handler | None = None
+    _log_file: _LogFile | None = None
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
@@ -205,11 +221,13 @@ class TrainingRun:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump(cfg, self.run_dir / "config.yaml")
+            self._log_file = _LogFile(self.run_dir / LOG_FILE)
+        if latest is not None:
+            log.info("resumed %s at step %d", self.run_dir, self.step)
         wandb = ({"project": t.wandb_project, "name": self.run_dir.name, "config": cfg.to_dict()}
                  if "wandb" in t.report_to else None)
         self.metrics = MetricsLogger(self.run_dir, tensorboard="tensorboard" in t.report_to, wandb=wandb,
                                      resume_step=self.step if resume else None) if self.is_main else None
-        self._log_file = _attach_log_file(self.run_dir / LOG_FILE) if self.is_main else None
         log.info("%s", banner(self))
         if warning := parallel.cpu_warning(self.model_config.num_params):
             log.warning("%s", warning)
@@ -259,7 +277,6 @@ class TrainingRun:
         self.loader.set_state(meta["loader"])
         self.base_key = jax.random.wrap_key_data(jnp.asarray(meta["rng"], jnp.uint32))
         self.step = meta["step"]
-        log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def save(self):
         self.checkpoints.save(self.step, self.params, self.opt_state, self.meta())
@@ -374,7 +391,5 @@ class TrainingRun:
     def close(self):
         self.checkpoints.close()
         if self._log_file is not None:
-            logging.getLogger().removeHandler(self._log_file)
-            self._log_file.stream.close()
             self._log_file.close()
             self._log_file = None
