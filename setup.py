@@ -28,8 +28,8 @@ setup(
         "pyarrow>=15",  # parquet records (data/records.py)
         "ml_dtypes>=0.4",  # bfloat16 safetensors (models/safetensors_io.py)
         "huggingface_hub>=0.30",  # hub ids as model.path (models/weights.py)
-        "tensorboardX>=2.6",
-        "etils[epath]>=1.7",  # gs:// paths (tooln1_jax/paths.py); orbax's own path type  # TensorBoard event files without TensorFlow (train/metrics.py)
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow (train/metrics.py)
+        "etils[epath]>=1.7",  # gs:// paths (tooln1_jax/paths.py); orbax's own path type
     ],
     extras_require={
         "dev": [
@@ -42,8 +42,8 @@ setup(
             "tooln1-jax[notebook,wandb,gcs]",
             "gcp-storage-emulator>=2024.8",  # offline stand-in for Cloud Storage (tests/test_cloud_paths.py)
         ],
-        "wandb": ["wandb>=0.19"],
-        "gcs": ["gcsfs>=2024.2"],  # gs:// run directories, prepared data and eval outputs (tooln1_jax/paths.py)  # train.report_to: [wandb]
+        "wandb": ["wandb>=0.19"],  # train.report_to: [wandb]
+        "gcs": ["gcsfs>=2024.2"],  # gs:// run directories, prepared data and eval outputs (tooln1_jax/paths.py)
         "tpu": ["jax[tpu]>=0.10"],  # Cloud TPU VMs (README "Cloud TPU VM")
         "cuda": ["jax[cuda12]>=0.10"],  # NVIDIA GPUs, CUDA 12 wheels (README "GPU machine")
         "notebook": [  # notebooks/eval.ipynb and the test that runs it
