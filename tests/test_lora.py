@@ -93,6 +93,10 @@ def test_bad_lora_settings_are_config_errors(override):
         config_lib.load(None, ["model.lora_rank=4", override])
 
 
+def test_the_run_config_offers_the_projections_the_model_has():
+    assert config_lib.ModelConfig.lora_targets == qwen2.LORA_TARGETS
+
+
 def _leaves(tree):
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 

@@ -41,6 +41,7 @@ class ModelConfig:
     # GRPO reference policy; `tooln1 export` merges the adapters into the weights
     lora_rank: int = 0
     lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
+    # every projection: models/qwen2.LORA_TARGETS (kept out of this jax-free module; tests/test_lora.py checks)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

@@ -31,9 +31,9 @@ def has_adapters(params) -> bool:
 
 def partition(params) -> tuple[dict, dict]:
     """(trainable, frozen): (adapters, base) for a tree with adapters, else (params, {})."""
-    flat = traverse_util.flatten_dict(params)
-    if not any(_is_adapter(path) for path in flat):
+    if not has_adapters(params):
         return params, {}
+    flat = traverse_util.flatten_dict(params)
     adapters = {p: v for p, v in flat.items() if _is_adapter(p)}
     base = {p: v for p, v in flat.items() if not _is_adapter(p)}
     return traverse_util.unflatten_dict(adapters), traverse_util.unflatten_dict(base)
@@ -48,6 +48,7 @@ def combine(trainable, frozen):
 
 
 def count(params) -> int:
+    """Parameters in a tree of arrays (`Qwen2Config.num_params` computes the same from the shape alone)."""
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 

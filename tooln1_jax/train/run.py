@@ -124,7 +124,7 @@ def banner(run: "TrainingRun") -> str:
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     mesh = " ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
+    params = lora.count(run.params)
     cfg = run.cfg
     trainable = lora.partition(run.params)[0]
     if trainable is not run.params:
