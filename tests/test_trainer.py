@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from train_helpers import tiny_config, trainer
+from train_helpers import comparable, tiny_config, trainer
 
 HELPER = str(Path(__file__).resolve().parent / "train_helpers.py")
-TIMING = ("time/", "tokens_per_s", "rollout_tokens_per_s")
 
 
 def _run_script(run_dir, *args, env=None, timeout=600):
@@ -26,10 +25,6 @@ def _run_script(run_dir, *args, env=None, timeout=600):
                             cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.split("HISTORY ", 1)[1])
-
-
-def _comparable(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith(TIMING)}
 
 
 def test_grpo_learns_a_dense_synthetic_reward(tmp_path):
@@ -114,7 +109,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrup
 
     resumed = _run_script(run_dir, "--resume", f"--set=train.steps={steps}")
     assert len(resumed) == steps - done[-1]
-    assert _comparable(resumed[-1]) == _comparable(full[-1])
+    assert comparable(resumed[-1]) == comparable(full[-1])
 
     from tooln1_jax import checkpoint
 
@@ -123,7 +118,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrup
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # the metrics file of the resumed run reads like the uninterrupted one's
-    lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
+    lines = lambda d: [comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
     assert lines(run_dir) == lines(full_dir)
 
 
@@ -251,13 +246,13 @@ def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupt
 
     resumed = _run_script(run_dir, "--resume", *steps)
     assert len(resumed) == 4
-    assert _comparable(resumed[-1]) == _comparable(full[-1])
+    assert comparable(resumed[-1]) == comparable(full[-1])
     _, a = checkpoint.load_model(full_dir)
     _, b = checkpoint.load_model(run_dir)
     assert checkpoint.Checkpoints(run_dir, read_only=True).latest_step() == 6
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    lines = lambda d: [_comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
+    lines = lambda d: [comparable(json.loads(l)) for l in (d / "metrics.jsonl").read_text().splitlines()]  # noqa
     assert lines(run_dir) == lines(full_dir)
 
 

@@ -31,6 +31,14 @@ TINY = [
 ]
 
 
+TIMING = ("time/", "tokens_per_s", "rollout_tokens_per_s")  # metrics that differ between equal runs
+
+
+def comparable(metrics: dict) -> dict:
+    """A step's metrics without its timings: what two runs of the same steps must agree on."""
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING)}
+
+
 def tiny_config(*overrides: str) -> config_lib.RunConfig:
     return config_lib.load(None, [*TINY, *overrides])
 
