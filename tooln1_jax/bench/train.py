@@ -8,8 +8,8 @@ The shipped sample data with the Tool-N1 prompt, a random Qwen2 shape with the r
 (compilation, reported separately); medians. "computed_per_useful" is the token positions the transformer runs
 per useful token (each prompt once per group + the replies); "padding_frac" the share of positions holding no
 token. Then the packed update under each remat policy: its median time and the compiled program's temporary
-bytes (XLA's memory analysis). `--mini-batch` < `--prompts` gives several mini-batches (no one-mini-batch
-shortcut: a separate old log-prob pass).
+bytes (XLA's memory analysis). `--mini-batch` < `--prompts` gives several mini-batches (the later ones
+need a separate old log-prob pass).
 """
 
 from __future__ import annotations

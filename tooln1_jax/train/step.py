@@ -206,7 +206,7 @@ def _flat(x: jax.Array) -> jax.Array:
 
 def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, log_entropy: bool,
                         params, opt_state, batch: dict):
-    """`_grpo_update` on a packed batch. Without "old_logp" in the batch (a rollout batch that is one mini-batch:
+    """`_grpo_update` on a packed batch. Without "old_logp" in the batch (a step's first mini-batch:
     the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
     `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
     g = settings.grpo

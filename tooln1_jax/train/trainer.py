@@ -3,8 +3,9 @@ per mini-batch. Each step is a short sequence of named calls; the math lives in 
 `step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
 
 The training passes use the prefix-shared packed layout (`train.layout: packed`, `packing.py`): each prompt once,
-then its G replies. When the rollout batch is one mini-batch, the old log-probs are the update's own forward
-(stop-gradient) instead of a separate pass; the entropy is computed only on steps that are logged.
+then its G replies. The first mini-batch of a step takes its old log-probs from the update's own forward
+(stop-gradient: nothing has changed the policy since it sampled) instead of a separate pass; the entropy is
+computed only on steps that are logged.
 """
 
 from __future__ import annotations
@@ -183,12 +184,12 @@ class GRPOTrainer(TrainingRun):
         return self.padded_minibatches(records, generated_ids, advantages)
 
     def packed_minibatches(self, records, generated_ids, advantages) -> list[dict]:
-        """`minibatches` in the prefix-shared packed layout. A rollout batch that is one mini-batch gets no old
-        log-prob pass (the update takes its own forward's); its entropy is the update's (when logged)."""
+        """`minibatches` in the prefix-shared packed layout. The first mini-batch gets no old log-prob pass: it is
+        updated before any other, by the policy that sampled it, so its update takes its own forward's log-probs
+        (and entropy, when logged); the later ones need the sampling policy's, computed here."""
         t, r = self.cfg.train, self.cfg.rollout
         g, hosts = r.num_generations, jax.process_count()
         per = t.mini_batch_size // hosts  # this host's prompts per mini-batch
-        one_minibatch = t.batch_size == t.mini_batch_size
         log_entropy = self.logged_next()
         batches, self.layout_stats = [], {"computed": 0, "useful": 0}
         reference = self.reference_params()
@@ -205,7 +206,7 @@ class GRPOTrainer(TrainingRun):
             local = {k: getattr(packed, k) for k in PACKED_KEYS + ("response_mask",)}
             batch = {k: self.global_batch(v) for k, v in {**local, "advantages": adv}.items()}
             kwargs = {"micro_rows": self.micro_rows(), "temperature": r.temperature}
-            if not one_minibatch:
+            if start > 0:
                 batch["old_logp"], entropy = self.steps.packed_logprobs(self.params, batch, with_entropy=log_entropy,
                                                                         **kwargs)
                 if log_entropy:
