@@ -58,6 +58,7 @@ def tiny_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_chain_runs_every_stage_and_continues_without_redoing_them(tiny_model, tmp_path, capsys):
     out = tmp_path / "chain"
     categories = ["simple", "live_simple"]

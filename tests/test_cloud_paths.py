@@ -111,6 +111,7 @@ def test_prepared_data_and_evaluation_outputs_on_gs_equal_local_ones(bucket, tmp
         assert store.cat(f"{BUCKET}/eval/{name}").decode() == (tmp_path / "eval" / name).read_text()
 
 
+@pytest.mark.slow
 def test_a_grpo_run_on_gs_resumes_into_the_run_it_would_have_been_locally(bucket, tmp_path):
     """Four steps in a local directory equal two on gs:// plus two resumed there: checkpoints (orbax through
     tensorstore), metrics, the log file and the plots all live in the bucket."""

@@ -101,6 +101,7 @@ def _leaves(tree):
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_grpo_trains_only_adapters_against_the_frozen_base_and_exports_merged(tmp_path, monkeypatch):
     from tooln1_jax.train.trainer import GRPOTrainer
 

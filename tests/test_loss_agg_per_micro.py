@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from packing_cases import (CONFIG, LR, groups, max_rel_diff, padded, params, sample_values, settings, updates)
 from tooln1_jax import parallel
@@ -18,6 +19,7 @@ def sgd_grad(p0, new):
     return jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / LR, p0, new)
 
 
+@pytest.mark.slow
 def test_per_micro_batch_weighting_is_the_mean_of_micro_batch_token_means():
     mesh = parallel.single_device_mesh()
     prompts, replies = groups(seed=3, n=3, g=2)  # 6 replies of ragged lengths

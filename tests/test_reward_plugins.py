@@ -131,6 +131,7 @@ def test_config_reads_a_list_of_rewards_and_checks_them(tmp_path):
         config_lib.load(None, ["grpo.reward=[binary, 3]"])
 
 
+@pytest.mark.slow
 def test_a_grpo_run_on_a_plugin_reward_equals_the_same_reward_in_code(plugin_module, tmp_path):
     """The tiny GRPO run with `grpo.reward` naming a plug-in logs the rewards of the run given the same reward as
     a Python function (train_helpers.digit_reward); the plug-in sees the reply text only."""

@@ -53,6 +53,7 @@ def test_a_single_update_per_step_is_on_policy(tmp_path):
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the initial policy
 
 
+@pytest.mark.slow
 def test_memory_knobs_do_not_change_the_math(tmp_path):
     """Sampling in prompt chunks and log-prob/gradient passes in micro-batches give the same run."""
     runs = {}
@@ -91,6 +92,7 @@ def uninterrupted(tmp_path_factory):
     return _run_script(run_dir, "--set=train.steps=6"), run_dir
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     steps = 6
     full, full_dir = uninterrupted
@@ -122,6 +124,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, uninterrup
     assert lines(run_dir) == lines(full_dir)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_losses_of_one(tmp_path):
     overrides = ["--set=train.steps=3", "--set=checkpoint.every=100"]
     one = _run_script(tmp_path / "one", *overrides, env={"JAX_PLATFORMS": "cpu"})
@@ -140,6 +143,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_through_jax_distributed_give_the_loss_of_one(tmp_path):
     # FSDP over both processes, and prompts of 3..40 tokens, so the hosts' own batches fall in different length
     # buckets: they must still agree on every shape
@@ -164,6 +168,7 @@ def test_two_processes_through_jax_distributed_give_the_loss_of_one(tmp_path):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_grpo_learns_when_to_stop(tmp_path):
     """The stop token is part of what is trained: rewarding short replies must teach the policy to end them."""
     stop = 7
@@ -221,6 +226,7 @@ def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
     assert "train.micro_batch_size = 4 does not divide over the 8 devices" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_last_finished_step_and_resume_matches_the_uninterrupted_run(tmp_path, uninterrupted):
     """SIGTERM after step 2 of 6 (during step 3's rollout): step 3 is abandoned, a checkpoint of step 2 is written,
     the exit status is EXIT_INTERRUPTED; --resume finishes at step 6 with the uninterrupted run's parameters."""

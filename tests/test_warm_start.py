@@ -44,6 +44,7 @@ def _grpo(run_dir, *overrides, resume=False):
                        eval_records=[], tokenizer=ByteTokenizer(), reward_fn=digit_reward, resume=resume)
 
 
+@pytest.mark.slow
 def test_the_warm_start_is_the_sft_run_and_becomes_the_kl_reference(tmp_path):
     from tooln1_jax.train.sft import SFTTrainer
 
