@@ -37,6 +37,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool | str = False  # backward recomputation: none (= false), dots (keep matmul outputs), full (= true)
     attention: str = "auto"  # training attention: auto | dense | blockwise | xla | cudnn (models/attention.py)
+    head: str = "auto"  # training log-probs: auto (tiled on CPU, chunked on accelerators) | chunked | tiled
     # LoRA (models/lora.py): rank > 0 trains only adapters on the target projections; the frozen base is the
     # GRPO reference policy; `tooln1 export` merges the adapters into the weights
     lora_rank: int = 0
@@ -455,6 +456,7 @@ def validate(config: RunConfig) -> None:
                "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
                "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16")),
                "model.attention": (config.model.attention, ("auto", "dense", "blockwise", "xla", "cudnn")),
+               "model.head": (config.model.head, ("auto", "chunked", "tiled")),
                "train.layout": (t.layout, ("packed", "padded")),
                "grpo.ref_dtype": (g.ref_dtype, ("param", "compute"))}
     for key, (value, allowed) in choices.items():

@@ -33,6 +33,7 @@ Params = Any
 HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
 REMAT_POLICIES = (False, True, "none", "dots", "full")
+HEAD_IMPLEMENTATIONS = ("auto", "chunked", "tiled")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -56,6 +57,7 @@ class Qwen2Config:
     param_dtype: str = "float32"
     remat: bool | str = False  # backward-pass recomputation: none/False, dots (keep matmul outputs), full/True
     attention: str = "auto"  # no-cache attention with segment/prefix ids: see models/attention.py
+    head: str = "auto"  # training log-probs: auto | chunked | tiled (train/sequences.py, models/head.py)
     # LoRA adapters (models/lora.py) on the `lora_targets` projections: rank 0 = none
     lora_rank: int = 0
     lora_alpha: float = 16.0
@@ -73,6 +75,8 @@ class Qwen2Config:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(map(str, REMAT_POLICIES))}, got {self.remat!r}")
         attention.resolve(self.attention)
+        if self.head not in HEAD_IMPLEMENTATIONS:
+            raise ValueError(f"head must be one of {', '.join(HEAD_IMPLEMENTATIONS)}, got {self.head!r}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))

@@ -34,8 +34,8 @@ def build_config(cfg: RunConfig) -> Qwen2Config:
     """The model config alone (reads only config.json or the GGUF header), to check things before loading."""
     m = cfg.model
     runtime = {"dtype": weights.default_dtype() if m.dtype == "auto" else m.dtype, "param_dtype": m.param_dtype,
-               "remat": m.remat, "attention": m.attention, "lora_rank": m.lora_rank, "lora_alpha": m.lora_alpha,
-               "lora_targets": tuple(m.lora_targets)}
+               "remat": m.remat, "attention": m.attention, "head": m.head, "lora_rank": m.lora_rank,
+               "lora_alpha": m.lora_alpha, "lora_targets": tuple(m.lora_targets)}
     if m.path:
         source = weights.open_source(m.path)
         return Qwen2Config.from_hf(source.hf_config, source=str(getattr(source, "hf_config_path", m.path)), **runtime)

@@ -3,8 +3,9 @@
 A packed batch is [N, P + R]: each prompt left-padded to width P (so every reply starts at column P), the
 reply right after it, right-padded to width R. The logits that predict reply token j sit at column P - 1 + j.
 This padded layout is the reference of the prefix-shared packed one (`packing.py`, `packed_logprobs`).
-Log-probs go through the LM head in chunks of reply positions, rematerialised in the backward pass, so the
-[N, R, vocab] logits never exist at once.
+Log-probs go through the LM head either over vocabulary tiles with an online log-sum-exp (`models/head.py`; the
+CPU default) or in chunks of reply positions, rematerialised in the backward pass; either way the [N, R, vocab]
+logits never exist at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax.models import qwen2
+from tooln1_jax.models import head, qwen2
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rollout.sampler import bucket
 
@@ -48,6 +49,13 @@ def pack(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], *, 
         attention[i, p - len(prompt):p + len(reply)] = True
         response[i, :len(reply)] = 1.0
     return Packed(tokens, attention, response, p)
+
+
+def head_implementation(name: str) -> str:
+    """"tiled" or "chunked" for a `Qwen2Config.head` setting ("auto": tiled on a CPU)."""
+    if name == "auto":
+        return "tiled" if jax.default_backend() == "cpu" else "chunked"
+    return name
 
 
 def _chunk_logprobs(config: Qwen2Config, params, hidden, targets, temperature: float, with_entropy: bool):
@@ -86,7 +94,15 @@ def packed_logprobs(config: Qwen2Config, params, batch: dict, *, temperature: fl
 
 
 def _head_logprobs(config: Qwen2Config, params, h, targets, temperature: float, chunk: int, with_entropy: bool):
-    """LM head + log-softmax over hidden states h [N, R, E] at `chunk` reply positions at a time."""
+    """LM head + log-softmax over hidden states h [N, R, E]: over vocabulary tiles (`models/head.py`, the CPU
+    default), or as whole logits `chunk` reply positions at a time (accelerators)."""
+    if head_implementation(config.head) == "tiled":
+        n, reply, e = h.shape
+        tied = config.tie_word_embeddings
+        w = params["model"]["embed_tokens"]["embedding"] if tied else params["lm_head"]["kernel"].T  # [V, E]
+        logp, entropy = head.token_logprobs((h / temperature).reshape(n * reply, e), w, targets.reshape(-1),
+                                            dtype=config.dtype, with_entropy=with_entropy)
+        return logp.reshape(n, reply), entropy.reshape(n, reply)
     reply = h.shape[1]
     chunk = min(chunk, reply)
     pad = -reply % chunk
