@@ -33,7 +33,7 @@ def demo_run(tmp_path_factory):
     return run_dir, result, seconds
 
 
-# The demo run (~4-5 minutes) is `slow`: CI runs the same `tooln1 train` in its quick-start step and checks the same
+# The demo run (~3.5-4 minutes) is `slow`: CI runs the same `tooln1 train` in its quick-start step and checks the same
 # reward figures there (`python -m tooln1_jax.bench.demo --check`, `.ci/run`).
 @pytest.mark.slow
 def test_train_demo_leaves_a_complete_run_directory(demo_run):
