@@ -83,7 +83,7 @@ def test_training_logprobs_tiled_equal_chunked(tied):
 
 
 def test_auto_is_tiled_on_cpu_and_names_are_checked():
-    assert sequences.head_implementation("auto") == ("tiled" if jax.default_backend() == "cpu" else "chunked")
+    assert head.resolve("auto") == ("tiled" if jax.default_backend() == "cpu" else "chunked")
     with pytest.raises(ValueError, match="head must be one of auto, chunked, tiled"):
         qwen2.Qwen2Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                           num_attention_heads=1, num_key_value_heads=1, head="fused")

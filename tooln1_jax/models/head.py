@@ -3,7 +3,7 @@
 `token_logprobs(h, w, targets)` equals `log_softmax(h @ w.T)[target]` without the [N, vocab] logits ever existing:
 the forward runs an online log-sum-exp over tiles of `tile` vocabulary rows, and a custom VJP recomputes each
 tile's logits and softmax in the backward. On a CPU this is the fast way (the tile's logits stay in cache; a
-whole [N, vocab] logit array makes every elementwise pass a trip to memory); `sequences.py` picks it there.
+whole [N, vocab] logit array makes every elementwise pass a trip to memory); `resolve("auto")` picks it there.
 
 The scan covers the whole tiles; the vocabulary's remainder (vocab % tile rows) is one smaller tile after it, so
 no tile needs a mask and no padded copy of the weights is made.
@@ -17,6 +17,17 @@ import jax
 import jax.numpy as jnp
 
 TILE = 2048  # vocabulary rows per tile: [N, TILE] float32 logits stay in a CPU's cache for N of a few hundred
+IMPLEMENTATIONS = ("auto", "chunked", "tiled")
+
+
+def resolve(implementation: str) -> str:
+    """"tiled" or "chunked" (whole logits, a chunk of positions at a time: `train/sequences.py`) for a
+    `Qwen2Config.head` setting; "auto" is tiled on a CPU."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"head must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
+    if implementation == "auto":
+        return "tiled" if jax.default_backend() == "cpu" else "chunked"
+    return implementation
 
 
 def _logits(h, wt, dtype):

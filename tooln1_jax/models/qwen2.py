@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tooln1_jax.models import attention
+from tooln1_jax.models.head import resolve as resolve_head
 from tooln1_jax.parallel import constrain
 
 Params = Any
 HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
 REMAT_POLICIES = (False, True, "none", "dots", "full")
-HEAD_IMPLEMENTATIONS = ("auto", "chunked", "tiled")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -75,8 +75,7 @@ class Qwen2Config:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(map(str, REMAT_POLICIES))}, got {self.remat!r}")
         attention.resolve(self.attention)
-        if self.head not in HEAD_IMPLEMENTATIONS:
-            raise ValueError(f"head must be one of {', '.join(HEAD_IMPLEMENTATIONS)}, got {self.head!r}")
+        resolve_head(self.head)
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))

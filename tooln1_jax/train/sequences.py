@@ -51,13 +51,6 @@ def pack(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[int]], *, 
     return Packed(tokens, attention, response, p)
 
 
-def head_implementation(name: str) -> str:
-    """"tiled" or "chunked" for a `Qwen2Config.head` setting ("auto": tiled on a CPU)."""
-    if name == "auto":
-        return "tiled" if jax.default_backend() == "cpu" else "chunked"
-    return name
-
-
 def _chunk_logprobs(config: Qwen2Config, params, hidden, targets, temperature: float, with_entropy: bool):
     logits = qwen2.apply_head(config, params, hidden) / temperature  # [N, C, V] float32
     logz = jax.nn.logsumexp(logits, axis=-1)
@@ -96,7 +89,7 @@ def packed_logprobs(config: Qwen2Config, params, batch: dict, *, temperature: fl
 def _head_logprobs(config: Qwen2Config, params, h, targets, temperature: float, chunk: int, with_entropy: bool):
     """LM head + log-softmax over hidden states h [N, R, E]: over vocabulary tiles (`models/head.py`, the CPU
     default), or as whole logits `chunk` reply positions at a time (accelerators)."""
-    if head_implementation(config.head) == "tiled":
+    if head.resolve(config.head) == "tiled":
         n, reply, e = h.shape
         tied = config.tie_word_embeddings
         w = params["model"]["embed_tokens"]["embedding"] if tied else params["lm_head"]["kernel"].T  # [V, E]
