@@ -77,6 +77,8 @@ def run(config_path: str, overrides: list[str], devices: int, attention: str | N
         model = model.replace(attention=attention)
     elif model.attention == "auto":
         model = model.replace(attention="blockwise")  # what "auto" picks on accelerators
+    if model.head == "auto":
+        model = model.replace(head="chunked")  # likewise (on a CPU "auto" is the vocabulary-tiled head)
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
     shapes, logical = qwen2.abstract_params(model)
     shardings = parallel.shardings(shapes, logical, mesh)
