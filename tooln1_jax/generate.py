@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from tqdm.auto import tqdm
 
-from tooln1_jax import assets, checkpoint, parallel
+from tooln1_jax import assets, checkpoint, logs, parallel
 from tooln1_jax.data import prompts
 from tooln1_jax.rollout import sampler
 
@@ -176,7 +175,7 @@ def run(args: argparse.Namespace, out=None) -> None:
     params = sampler.prepare(config, params)  # the decode layout, made once (the loaded tree is dropped)
     stop_ids = sampler.DEFAULT_STOP_IDS
     key = jax.random.key(args.seed)
-    with tqdm(total=len(prompt_ids), desc="generate", unit="prompt", file=sys.stderr, disable=None) as bar:
+    with logs.progress(len(prompt_ids), "generate", "prompt") as bar:
         for start in range(0, len(prompt_ids), args.batch_size):
             batch = prompt_ids[start:start + args.batch_size]
             rollout = sampler.generate(config, params, batch, num_samples=args.num_samples,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -11,3 +13,50 @@ def configure_logging() -> None:
     """INFO to stderr in LOG_FORMAT; orbax's per-file INFO lines (logged through absl) are kept out."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+PROGRESS_INTERVAL_S = 30.0
+
+
+class LoggedProgress:
+    """tqdm's `update` / `close` interface that writes an INFO line (count, rate, estimated time left) at most every
+    `interval_s` seconds and at the end: progress a log file can show."""
+
+    def __init__(self, total: int, desc: str, unit: str, interval_s: float = PROGRESS_INTERVAL_S):
+        self.total, self.desc, self.unit, self.interval_s = total, desc, unit, interval_s
+        self.n = 0
+        self._start = self._last = time.monotonic()
+        self._log = logging.getLogger("tooln1_jax.progress")
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self._last >= self.interval_s or self.n >= self.total:
+            self._last = now
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        elapsed = now - self._start
+        left = elapsed / self.n * (self.total - self.n) if self.n else float("nan")
+        self._log.info("%s: %d/%d %ss, %.0f s elapsed, ~%.0f s left", self.desc, self.n, self.total, self.unit,
+                       elapsed, left)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "LoggedProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress(total: int, desc: str, unit: str, file=None):
+    """A progress bar over `total` units: tqdm's on a terminal or in a notebook; elsewhere (stderr redirected to a
+    log file, where tqdm would stay silent) a LoggedProgress."""
+    from tqdm.auto import tqdm
+
+    stream = file or sys.stderr
+    if "ipykernel" in sys.modules or (hasattr(stream, "isatty") and stream.isatty()):
+        return tqdm(total=total, desc=desc, unit=unit, file=file)
+    return LoggedProgress(total, desc, unit)

@@ -14,9 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
-from tqdm.auto import tqdm
-
-from tooln1_jax import assets
+from tooln1_jax import assets, logs
 
 DEFAULT_PREAMBLE = assets.path("prompts", "tooln1_raw_system.txt").read_text(encoding="utf-8")
 TOOL_BLOCK = assets.path("prompts", "tooln1_tool_block.txt").read_text(encoding="utf-8")
@@ -84,7 +82,7 @@ def encode_records(records: Iterable[dict], tokenizer, *, max_prompt_tokens: int
     """Copies of the records with `prompt_ids` added; prompts over `max_prompt_tokens` are dropped and counted."""
     records = list(records)
     kept, dropped = [], Counter()
-    with tqdm(total=len(records), desc="tokenize", unit="prompt", disable=None) as bar:
+    with logs.progress(len(records), "tokenize", "prompt") as bar:
         for start in range(0, len(records), _ENCODE_CHUNK):
             chunk = records[start:start + _ENCODE_CHUNK]
             texts = [render(r, tokenizer, native_tools) for r in chunk]

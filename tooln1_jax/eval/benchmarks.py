@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from tooln1_jax import files, paths
+from tooln1_jax import files, logs, paths
 from tooln1_jax.eval import datasets, report
 from tooln1_jax.eval.checkers import acebench, apibank, bfcl
 from tooln1_jax.eval.checkers.common import Verdict, calls_from_records
@@ -181,7 +179,7 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         out: list[str | None] = [None] * len(ids)
-        with tqdm(total=len(ids), desc="generate", unit="prompt", disable=None) as bar:
+        with logs.progress(len(ids), "generate", "prompt") as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
                 rollout = sampler.generate(config, params, [ids[i] for i in batch], num_samples=1,

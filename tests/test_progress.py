@@ -1,0 +1,42 @@
+"""logs.progress: a bar on a terminal, log lines (rate-limited, and one at the end) when stderr is a file."""
+
+import io
+import logging
+
+from tooln1_jax import logs
+
+
+def _messages(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "tooln1_jax.progress"]
+
+
+def test_progress_to_a_file_logs_at_most_every_interval_and_at_the_end(caplog):
+    caplog.set_level(logging.INFO)
+    with logs.LoggedProgress(total=10, desc="generate", unit="prompt", interval_s=3600) as bar:
+        for _ in range(5):
+            bar.update(2)
+    lines = _messages(caplog)
+    assert len(lines) == 1 and lines[0].startswith("generate: 10/10 prompts,")
+
+
+def test_progress_with_no_interval_logs_every_update_with_counts(caplog):
+    caplog.set_level(logging.INFO)
+    bar = logs.LoggedProgress(total=6, desc="tokenize", unit="prompt", interval_s=0)
+    for _ in range(3):
+        bar.update(2)
+    assert [line.split(",")[0] for line in _messages(caplog)] == [
+        "tokenize: 2/6 prompts", "tokenize: 4/6 prompts", "tokenize: 6/6 prompts"]
+    assert "s left" in _messages(caplog)[0]
+
+
+def test_progress_picks_log_lines_for_a_non_terminal_stream():
+    assert isinstance(logs.progress(3, "generate", "prompt", file=io.StringIO()), logs.LoggedProgress)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar = logs.progress(3, "generate", "prompt", file=Terminal())
+    assert not isinstance(bar, logs.LoggedProgress)
+    bar.update(3)
+    bar.close()
