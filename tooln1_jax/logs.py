@@ -19,7 +19,7 @@ PROGRESS_INTERVAL_S = 30.0
 
 
 class LoggedProgress:
-    """tqdm's `update` / `close` interface that writes an INFO line (count, rate, estimated time left) at most every
+    """tqdm's `update` / `close` interface that writes an INFO line (count, elapsed and estimated time left) at most every
     `interval_s` seconds and at the end: progress a log file can show."""
 
     def __init__(self, total: int, desc: str, unit: str, interval_s: float = PROGRESS_INTERVAL_S):
