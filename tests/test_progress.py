@@ -30,6 +30,8 @@ def test_progress_with_no_interval_logs_every_update_with_counts(caplog):
 
 
 def test_progress_picks_log_lines_for_a_non_terminal_stream():
+    import ipykernel  # noqa: F401  (a notebook runner in the same process imports it; that is not a notebook)
+
     assert isinstance(logs.progress(3, "generate", "prompt", file=io.StringIO()), logs.LoggedProgress)
 
     class Terminal(io.StringIO):
@@ -39,4 +41,16 @@ def test_progress_picks_log_lines_for_a_non_terminal_stream():
     bar = logs.progress(3, "generate", "prompt", file=Terminal())
     assert not isinstance(bar, logs.LoggedProgress)
     bar.update(3)
+    bar.close()
+
+
+def test_progress_in_a_notebook_kernel_is_a_bar(monkeypatch):
+    import IPython
+
+    class KernelShell:
+        kernel = object()
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: KernelShell())
+    bar = logs.progress(3, "generate", "prompt", file=io.StringIO())
+    assert not isinstance(bar, logs.LoggedProgress)
     bar.close()

@@ -51,12 +51,20 @@ class LoggedProgress:
         self.close()
 
 
+def _in_notebook_kernel() -> bool:
+    """True inside a Jupyter kernel (its IPython shell has a kernel); importing ipykernel alone, as a notebook runner
+    in the same process does, is not enough."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def progress(total: int, desc: str, unit: str, file=None):
     """A progress bar over `total` units: tqdm's on a terminal or in a notebook; elsewhere (stderr redirected to a
     log file, where tqdm would stay silent) a LoggedProgress."""
     from tqdm.auto import tqdm
 
     stream = file or sys.stderr
-    if "ipykernel" in sys.modules or (hasattr(stream, "isatty") and stream.isatty()):
+    if _in_notebook_kernel() or (hasattr(stream, "isatty") and stream.isatty()):
         return tqdm(total=total, desc=desc, unit=unit, file=file)
     return LoggedProgress(total, desc, unit)
