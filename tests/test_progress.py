@@ -54,3 +54,23 @@ def test_progress_in_a_notebook_kernel_is_a_bar(monkeypatch):
     bar = logs.progress(3, "generate", "prompt", file=io.StringIO())
     assert not isinstance(bar, logs.LoggedProgress)
     bar.close()
+
+
+def test_progress_resumed_count_shows_postfix_and_estimates_from_the_units_done_since(caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    clock = iter([100.0, 110.0])  # made at t=100, one step done at t=110
+    monkeypatch.setattr(logs.time, "monotonic", lambda: next(clock))
+    bar = logs.LoggedProgress(total=10, desc="grpo", unit="step", interval_s=0, initial=6)
+    bar.set_postfix({"loss": "0.123"})
+    bar.update(1)
+    # 7 of 10 after one step in 10 s: 3 steps left at 10 s each
+    assert _messages(caplog) == ["grpo: 7/10 steps, 10 s elapsed, ~30 s left (loss 0.123)"]
+
+
+def test_progress_disabled_writes_nothing(caplog):
+    caplog.set_level(logging.INFO)
+    stream = io.StringIO()
+    bar = logs.progress(3, "warm start (sft)", "step", file=stream, disable=True)
+    bar.update(3)
+    bar.close()
+    assert stream.getvalue() == "" and _messages(caplog) == []

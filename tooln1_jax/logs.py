@@ -19,12 +19,14 @@ PROGRESS_INTERVAL_S = 30.0
 
 
 class LoggedProgress:
-    """tqdm's `update` / `close` interface that writes an INFO line (count, elapsed and estimated time left) at most every
-    `interval_s` seconds and at the end: progress a log file can show."""
+    """tqdm's `update` / `set_postfix` / `close` interface that writes an INFO line (count, elapsed, estimated time left
+    and the postfix) at most every `interval_s` seconds and at the end: progress a log file can show. `initial` is
+    where a resumed count starts; the time left is estimated from the units done since."""
 
-    def __init__(self, total: int, desc: str, unit: str, interval_s: float = PROGRESS_INTERVAL_S):
+    def __init__(self, total: int, desc: str, unit: str, interval_s: float = PROGRESS_INTERVAL_S, initial: int = 0):
         self.total, self.desc, self.unit, self.interval_s = total, desc, unit, interval_s
-        self.n = 0
+        self.n = self._initial = initial
+        self._postfix = ""
         self._start = self._last = time.monotonic()
         self._log = logging.getLogger("tooln1_jax.progress")
 
@@ -35,11 +37,16 @@ class LoggedProgress:
             self._last = now
             self._write(now)
 
+    def set_postfix(self, values: dict) -> None:
+        """Shown after the counts on the next line written (tqdm's set_postfix with a dict)."""
+        self._postfix = ", ".join(f"{key} {value}" for key, value in values.items())
+
     def _write(self, now: float) -> None:
         elapsed = now - self._start
-        left = elapsed / self.n * (self.total - self.n) if self.n else float("nan")
-        self._log.info("%s: %d/%d %ss, %.0f s elapsed, ~%.0f s left", self.desc, self.n, self.total, self.unit,
-                       elapsed, left)
+        done = self.n - self._initial
+        left = elapsed / done * (self.total - self.n) if done else float("nan")
+        self._log.info("%s: %d/%d %ss, %.0f s elapsed, ~%.0f s left%s", self.desc, self.n, self.total, self.unit,
+                       elapsed, left, f" ({self._postfix})" if self._postfix else "")
 
     def close(self) -> None:
         pass
@@ -59,12 +66,13 @@ def _in_notebook_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def progress(total: int, desc: str, unit: str, file=None):
-    """A progress bar over `total` units: tqdm's on a terminal or in a notebook; elsewhere (stderr redirected to a
-    log file, where tqdm would stay silent) a LoggedProgress."""
+def progress(total: int, desc: str, unit: str, file=None, initial: int = 0, disable: bool = False):
+    """A progress bar over `total` units (counting from `initial`): tqdm's on a terminal or in a notebook; elsewhere
+    (stderr redirected to a log file, where tqdm would write carriage-return redraws) a LoggedProgress. `disable`
+    gives a bar that shows nothing (other hosts than the main one, progress turned off)."""
     from tqdm.auto import tqdm
 
     stream = file or sys.stderr
-    if _in_notebook_kernel() or (hasattr(stream, "isatty") and stream.isatty()):
-        return tqdm(total=total, desc=desc, unit=unit, file=file)
-    return LoggedProgress(total, desc, unit)
+    if disable or _in_notebook_kernel() or (hasattr(stream, "isatty") and stream.isatty()):
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, disable=disable)
+    return LoggedProgress(total, desc, unit, initial=initial)

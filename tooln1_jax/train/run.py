@@ -327,10 +327,8 @@ class TrainingRun:
                 "val/format_ok": float(scores[:, 2].mean())}
 
     def run(self, progress: bool = True) -> list[dict]:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc=self.name, unit="step",
-                   disable=not (progress and self.is_main))
+        bar = logs.progress(self.cfg.train.steps, self.name, "step", initial=self.step,
+                            disable=not (progress and self.is_main))
         with preemption.StopRequests() as self._stop:
             history = self._loop(bar)
         self._stop = None

@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from tooln1_jax import parallel
+from tooln1_jax import logs, parallel
 from tooln1_jax.data.pipeline import PromptLoader
 from tooln1_jax.rollout.sampler import bucket
 from tooln1_jax.train import packing
@@ -104,12 +104,12 @@ def warm_start(run: TrainingRun, progress: bool = True) -> list[dict]:
     optim = dataclasses.replace(cfg.optim, lr=cfg.sft.warm_start_lr, schedule="constant", warmup_steps=0)
     steps = StepFunctions(run.model_config, make_optimizer(optim, n, run.token_row_ids), run.mesh, run.params)
     opt_state = steps.init_opt_state(run.params)
-    from tqdm.auto import tqdm
-
     history = []
-    for _ in tqdm(range(n), desc="warm start (sft)", unit="step", disable=not (progress and run.is_main)):
-        run.params, opt_state, metrics = supervised_step(run, steps, run.params, opt_state, next(loader))
-        history.append(metrics)
+    with logs.progress(n, "warm start (sft)", "step", disable=not (progress and run.is_main)) as bar:
+        for _ in range(n):
+            run.params, opt_state, metrics = supervised_step(run, steps, run.params, opt_state, next(loader))
+            history.append(metrics)
+            bar.update(1)
     log.info("warm start: %d supervised steps of %d records at lr %g: loss %.3f -> %.3f, target-token "
              "probability %.3f -> %.3f", n, cfg.train.batch_size, cfg.sft.warm_start_lr, history[0]["loss"],
              history[-1]["loss"], history[0]["target_prob"], history[-1]["target_prob"])
