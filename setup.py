@@ -34,6 +34,7 @@ setup(
     extras_require={
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.6",  # the README's test command runs the suite on 2 worker processes (-n 2)
             "hypothesis>=6.100",
             "torch==2.13.0",
             "transformers>=4.51",
