@@ -32,7 +32,7 @@ def _trainer(args, run_dir):
     overrides = [f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
                  f"model.intermediate_size={args.intermediate or 4 * args.hidden}",
                  f"model.num_heads={max(1, args.hidden // 64)}", f"model.num_kv_heads={max(1, args.hidden // 128)}",
-                 f"model.dtype={args.dtype}", f"train.batch_size={args.prompts}",
+                 f"model.dtype={args.dtype}", f"model.head={args.head}", f"train.batch_size={args.prompts}",
                  f"train.mini_batch_size={args.mini_batch or args.prompts}",
                  f"train.micro_batch_size={args.micro_batch or args.prompts * args.group}",
                  f"train.pack_tokens={args.pack_tokens}", f"rollout.num_generations={args.group}",
@@ -67,6 +67,7 @@ def _time(fn, repeats: int) -> tuple[float, float, list[float]]:
 
 
 def run(args) -> dict:
+    from tooln1_jax.models import head
     from tooln1_jax.rollout import sampler
     from tooln1_jax.train.step import StepFunctions
 
@@ -86,7 +87,8 @@ def run(args) -> dict:
         lengths = [len(r) for r in generated]
         prompt_lengths = [len(r["prompt_ids"]) for r in records]
         result = {"model": {"layers": args.layers, "hidden": args.hidden, "vocab": t.model_config.vocab_size,
-                            "dtype": t.model_config.dtype, "params": t.model_config.num_params},
+                            "dtype": t.model_config.dtype, "params": t.model_config.num_params,
+                            "head": head.resolve(t.model_config.head)},
                   "prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
                   "mini_batches": args.prompts // (args.mini_batch or args.prompts),
                   "prompt_tokens": {"min": min(prompt_lengths), "median": float(np.median(prompt_lengths)),
@@ -139,6 +141,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--pack-tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--head", default="auto", choices=["auto", "chunked", "tiled"],
+                        help="training log-prob head (model.head; auto is tiled on a CPU)")
     parser.add_argument("--layouts", default="padded,packed", help="comma-separated: padded, packed")
     parser.add_argument("--no-remat", dest="remat", action="store_false", help="skip the remat-policy timings")
     args = parser.parse_args(argv)
