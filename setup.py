@@ -42,6 +42,7 @@ setup(
             "gguf>=0.16",
             "tooln1-jax[notebook,wandb,gcs]",
             "gcp-storage-emulator>=2024.8",  # offline stand-in for Cloud Storage (tests/test_cloud_paths.py)
+            "jax[tpu]>=0.10",  # libtpu: the TPU compiler and slice topologies for `tooln1 compile` and its tests
         ],
         "wandb": ["wandb>=0.19"],  # train.report_to: [wandb]
         "gcs": ["gcsfs>=2024.2"],  # gs:// run directories, prepared data and eval outputs (tooln1_jax/paths.py)
