@@ -77,9 +77,15 @@ def cpu_warning(num_params: int) -> str | None:
 
 
 def make_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` (default: all) with axes (data, fsdp, tensor); -1 takes the remaining devices."""
+    """A mesh over `devices` (default: all) with axes (data, fsdp, tensor); -1 takes the remaining devices.
+
+    With the devices of several processes (a multi-host slice) the batch rows (data-major, then fsdp) are grouped by
+    process in process order: process p holds rows [p * n, (p + 1) * n), as the rollout engine's slots and the data
+    feeding assume, and each tensor group lies inside one host.
+    """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = parse_mesh_spec(spec)
+    requested = parse_mesh_spec(spec)
+    sizes = dict(requested)
     fixed = math.prod(size for size in sizes.values() if size != -1)
     for axis, size in sizes.items():
         if size == -1:
@@ -90,13 +96,49 @@ def make_mesh(spec: Mapping[str, int] | str | None = None, devices: Sequence[jax
     if math.prod(shape) != len(devices):
         raise ValueError(f"mesh spec {sizes} needs {math.prod(shape)} devices, but {len(devices)} are available"
                          + (CPU_HINT if jax.default_backend() == "cpu" else ""))
+    hosts = _devices_by_process(devices)
+    if len(hosts) == 1:
+        return Mesh(_device_grid(shape, devices), MESH_AXES)
+    local, tensor = len(hosts[0]), sizes["tensor"]
+    if any(len(h) != local for h in hosts):
+        raise ValueError(f"mesh spec {requested}: the processes hold different numbers of devices "
+                         f"({sorted({len(h) for h in hosts})}); every process needs the same number")
+    if local % tensor:
+        fits = max(t for t in range(1, min(tensor, local) + 1) if local % t == 0)
+        raise ValueError(f"mesh spec {requested}: tensor {tensor} does not divide the {local} devices of a host "
+                         f"({len(hosts)} processes). The tensor axis must stay inside a host so that each process "
+                         f"holds its own batch rows; use e.g. {_working_spec(requested, fits, devices)}")
+    # each host's devices as [its batch rows, tensor], stacked in process order
+    grid = np.concatenate([_device_grid((local // tensor, tensor), h) for h in hosts])
+    return Mesh(grid.reshape(shape), MESH_AXES)
+
+
+def _devices_by_process(devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
+    processes = sorted({d.process_index for d in devices})
+    return [[d for d in devices if d.process_index == p] for p in processes]
+
+
+def _device_grid(shape: tuple[int, ...], devices: Sequence[jax.Device]) -> np.ndarray:
+    """`devices` in a physically sensible order for `shape` (jax's topology-aware mesh where it applies)."""
     try:
         from jax.experimental import mesh_utils
 
-        grid = mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # CPU or an unusual topology: plain order
-        grid = np.asarray(devices, dtype=object).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+        return mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # CPU, one host of a slice, two devices per chip (TPU v4 without megacore): plain order
+        return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def _working_spec(requested: dict[str, int], tensor: int, devices: Sequence[jax.Device]) -> dict[str, int]:
+    """The requested spec with a tensor size that fits a host, closest to what was asked that builds a mesh."""
+    candidates = ({**requested, "tensor": tensor}, {"data": requested["data"], "fsdp": -1, "tensor": tensor},
+                  {"data": 1, "fsdp": -1, "tensor": tensor})
+    for candidate in candidates:
+        try:
+            make_mesh(candidate, devices)
+            return candidate
+        except ValueError:
+            continue
+    return candidates[-1]
 
 
 def single_device_mesh(device: jax.Device | None = None) -> Mesh:
@@ -172,16 +214,26 @@ def global_max(value: int) -> int:
 
 
 def check_batch_layout(mesh: Mesh) -> None:
-    """Each process must own its own block of batch rows (make_array_from_process_local_data assumes it)."""
-    if jax.process_count() == 1:
-        return
+    """Process p must hold exactly batch rows [p * n, (p + 1) * n) of the mesh, n = rows / processes: the rollout
+    engine writes its slots there and make_array_from_process_local_data places each host's rows there."""
     rows = batch_size_multiple(mesh)
-    local = {idx[0].indices(rows)[:2] for idx in batch_sharding(mesh, 1).addressable_devices_indices_map(
-        (rows,)).values()}
-    owned = sum(stop - start for start, stop in local)
-    if rows % jax.process_count() or owned != rows // jax.process_count():
-        raise ValueError(f"mesh {dict(mesh.shape)}: the batch axes (data x fsdp = {rows}) must split into one block "
-                         f"of rows per process ({jax.process_count()} processes); put the tensor axis within hosts")
+    processes = sorted({d.process_index for d in mesh.devices.flat})
+    if jax.process_count() > 1 and len(processes) != jax.process_count():
+        raise ValueError(f"mesh {dict(mesh.shape)} spans processes {processes}, but {jax.process_count()} "
+                         f"processes run: build the mesh over all devices (parallel.make_mesh)")
+    if rows % len(processes):
+        raise ValueError(f"mesh {dict(mesh.shape)}: the batch axes (data x fsdp = {rows}) do not split into one "
+                         f"block of rows per process ({len(processes)} processes); put the tensor axis within hosts")
+    held = {p: set() for p in processes}
+    for device, index in batch_sharding(mesh, 1).devices_indices_map((rows,)).items():
+        held[device.process_index].update(range(*index[0].indices(rows)))
+    n = rows // len(processes)
+    for block, p in enumerate(processes):
+        if p != block or held[p] != set(range(p * n, (p + 1) * n)):
+            raise ValueError(f"mesh {dict(mesh.shape)}: process {p} holds batch rows {sorted(held[p])}, not the "
+                             f"block [{block * n}, {(block + 1) * n}) the rollout engine and the data feeding "
+                             f"assume; build the mesh with parallel.make_mesh, which orders the batch rows by "
+                             f"process")
 
 
 def batch_size_multiple(mesh: Mesh) -> int:
@@ -202,16 +254,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None) -> None:
     """Start `jax.distributed` for a multi-host run (call once per process, before any other jax call).
 
-    Cloud TPU VMs and SLURM/Open MPI clusters need no arguments (jax detects them). Otherwise pass the
-    coordinator's host:port, the process count and this process's id, or set TOOLN1_COORDINATOR,
-    TOOLN1_NUM_PROCESSES and TOOLN1_PROCESS_ID. A single process with nothing configured is left alone.
+    Started when a coordinator or more than one process is given (the arguments, or TOOLN1_COORDINATOR,
+    TOOLN1_NUM_PROCESSES and TOOLN1_PROCESS_ID), or on a multi-host Cloud TPU slice with nothing given: a TPU VM
+    whose slice has several workers, detected as jax detects it (GKE's TPU_WORKER_HOSTNAMES, else the VM's metadata
+    server); jax then finds the coordinator, the process count and this process's id itself. On SLURM / Open MPI
+    give the process count and jax finds the rest. Otherwise -- one process, a single-host TPU VM, a machine
+    without TPU chips (which makes no network call here) -- it does nothing.
     """
     coordinator_address = coordinator_address or os.environ.get("TOOLN1_COORDINATOR")
     if num_processes is None and "TOOLN1_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["TOOLN1_NUM_PROCESSES"])
     if process_id is None and "TOOLN1_PROCESS_ID" in os.environ:
         process_id = int(os.environ["TOOLN1_PROCESS_ID"])
-    if coordinator_address is None and num_processes in (None, 1) and not _on_cloud_tpu():
+    if coordinator_address is None and num_processes in (None, 1) and _cloud_tpu_processes() == 1:
         return
     if jax.distributed.is_initialized():
         return
@@ -221,5 +276,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
              jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _on_cloud_tpu() -> bool:
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"))
+def _cloud_tpu_processes() -> int:
+    """The processes of this Cloud TPU slice (all slices of a multislice run) as jax's own cluster detection counts
+    them; 1 off a TPU VM. jax only looks for them on a TPU VM (libtpu and TPU chips on the PCI bus): GKE's worker
+    variables first, then the VM's metadata server (not queried when TPU_SKIP_MDS_QUERY is set)."""
+    from jax._src.clusters import cloud_tpu_cluster
+
+    for cluster in (cloud_tpu_cluster.GkeTpuCluster, cloud_tpu_cluster.GceTpuCluster):
+        try:
+            if cluster.is_env_present():
+                return cluster.get_process_count()
+        except Exception as e:  # e.g. a metadata server that does not answer: leave jax.distributed alone
+            log.warning("could not read the Cloud TPU slice's workers (%s): %s", cluster.__name__, e)
+            return 1
+    return 1
