@@ -44,17 +44,13 @@ def test_empty_replies_score_0_on_call_categories_and_100_on_irrelevance(benchma
             assert stats["accuracy"] == (1.0 if "irrelevance" in category else 0.0), (reply, category)
 
 
-def test_bfcl_reads_the_first_block_by_default_and_the_last_on_request():
-    example = datasets.load("bfcl", ["simple"], limit=1)[0]
-    good = eval_variants.oracle_reply(example)
-    reply = "<think>t</think><tool_call>[]</tool_call> " + good[good.index("<tool_call>"):]
-    assert not benchmarks.score_reply(example, reply)["valid"]
-    assert benchmarks.score_reply(example, reply, block="last")["valid"]
-    acebench_example = datasets.load("acebench", ["atom_bool"], limit=1)[0]
-    good = eval_variants.oracle_reply(acebench_example)
-    reply = "<tool_call>[]</tool_call>" + good
-    assert benchmarks.score_reply(acebench_example, reply)["valid"]  # last block elsewhere
-    assert not benchmarks.score_reply(acebench_example, reply, block="first")["valid"]
+def test_every_benchmark_reads_the_last_block_by_default_and_the_first_on_request():
+    for benchmark, category in (("bfcl", "simple"), ("acebench", "atom_bool")):
+        example = datasets.load(benchmark, [category], limit=1)[0]
+        good = eval_variants.oracle_reply(example)
+        reply = "<think>t</think><tool_call>[]</tool_call> " + good[good.index("<tool_call>"):]
+        assert benchmarks.score_reply(example, reply)["valid"]
+        assert not benchmarks.score_reply(example, reply, block="first")["valid"]
 
 
 def test_bfcl_aggregates_follow_the_paper():

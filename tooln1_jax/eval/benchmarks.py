@@ -7,8 +7,14 @@ Two ways in, one scoring path:
   `reply`; bad lines, unknown, duplicate and missing ids are reported, never fatal.
 Scoring and aggregation import no jax; only the model path does (lazily, in `model_replies_fn`).
 
+Reading a reply: the `<tool_call>` block that counts is the last (`toolcall.BLOCK`, the training reward's rule);
+`block="first"` reads the first. With the default prompt a reply is parsed as the training reward parses it
+(`toolcall.parse_reply`); with `prompt="tooln1-bfcl"` (BFCL only) as the release's BFCL handler decoded it
+(`bfcl_handler_decode`). Replies are capped at `MAX_NEW_TOKENS` of the benchmark unless `max_new_tokens` is given.
+
 Outputs (`write_outputs`): `results.jsonl` (id, benchmark, category, reply, calls, status, valid, reason; API-Bank
-rows also `exact`), `summary.json` ({benchmark: summary} plus the predictions problems) and `summary.md`.
+rows also `exact`; `calls` are the decoded `{"name", "arguments"}` records, or under tooln1-bfcl the handler's
+`{name: arguments}`), `summary.json` ({benchmark: summary} plus the predictions problems) and `summary.md`.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from tooln1_jax import files, logs, paths
-from tooln1_jax.eval import datasets, report
+from tooln1_jax.eval import bfcl_handler_decode, datasets, report
 from tooln1_jax.eval.checkers import acebench, apibank, bfcl
 from tooln1_jax.eval.checkers.common import Verdict, calls_from_records
 from tooln1_jax.eval.datasets import Example
 from tooln1_jax.rewards import toolcall
 
-# Which <tool_call> block of a reply is read: Tool-N1's BFCL runs read the first, the training reward the last.
-DEFAULT_BLOCK = {"bfcl": "first", "acebench": "last", "apibank": "last"}
+PROMPTS = ("tooln1", "tooln1-bfcl")  # the training prompt; the release's BFCL handler prompt (BFCL only)
+# The reply cap (new tokens) by default: BFCL's own generation asks for min(4096, context left); 512 elsewhere.
+MAX_NEW_TOKENS = {"bfcl": 4096, "acebench": 512, "apibank": 512}
 ACEBENCH_ATOM = tuple(c for c in acebench.CATEGORIES if c.startswith("atom_"))
 ACEBENCH_SINGLE_TURN = tuple(c for c in acebench.CATEGORIES if c.startswith("single_turn_"))
 
@@ -58,25 +65,41 @@ def check(example: Example, calls: list[dict] | None) -> Verdict:
     raise ValueError(f"unknown benchmark {example.benchmark!r}")
 
 
-def score_reply(example: Example, reply: str, block: str | None = None) -> dict:
-    """One results row: the reply parsed (FIRST or LAST `<tool_call>` block) and checked."""
-    parsed = toolcall.parse_reply(reply, block or DEFAULT_BLOCK[example.benchmark])
-    calls = calls_from_records(parsed.calls)
+def score_reply(example: Example, reply: str, block: str | None = None, prompt: str = "tooln1") -> dict:
+    """One results row: the reply read (the `<tool_call>` block that counts, or `block`) and checked; under
+    `prompt="tooln1-bfcl"` read as the release's BFCL handler read it."""
+    _check_prompt(prompt, [example.benchmark])
+    if prompt == "tooln1-bfcl":
+        decoded = bfcl_handler_decode.decode(reply, block or toolcall.BLOCK)
+        shown, calls, status = decoded.calls, decoded.calls, decoded.status
+    else:
+        parsed = toolcall.parse_reply(reply, block or toolcall.BLOCK)
+        shown, calls, status = parsed.calls, calls_from_records(parsed.calls), parsed.status
     verdict = check(example, calls)
     reason = verdict.reason
-    if not verdict.valid and parsed.status != toolcall.OK:
-        reason = f"{parsed.status}: {reason}"
+    if not verdict.valid and status != toolcall.OK:
+        reason = f"{status}: {reason}"
     row = {"id": example.id, "benchmark": example.benchmark, "category": example.category, "reply": reply,
-           "calls": parsed.calls, "status": parsed.status, "valid": verdict.valid, "reason": reason}
+           "calls": shown, "status": status, "valid": verdict.valid, "reason": reason}
     if example.benchmark == "apibank":
         row["exact"] = apibank.check(example.tools, calls, example.ground_truth, exact=True).valid
     return row
 
 
-def score(examples: Sequence[Example], replies: Sequence[str], block: str | None = None) -> list[dict]:
+def score(examples: Sequence[Example], replies: Sequence[str], block: str | None = None,
+          prompt: str = "tooln1") -> list[dict]:
     if len(examples) != len(replies):
         raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
-    return [score_reply(e, r, block) for e, r in zip(examples, replies)]
+    return [score_reply(e, r, block, prompt) for e, r in zip(examples, replies)]
+
+
+def _check_prompt(prompt: str, benchmark_names) -> None:
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt {prompt!r}: expected one of {', '.join(PROMPTS)}")
+    others = sorted(set(benchmark_names) - {"bfcl"})
+    if prompt == "tooln1-bfcl" and others:
+        raise ValueError(f"--prompt tooln1-bfcl is the release's BFCL handler prompt: BFCL only "
+                         f"(got {', '.join(others)})")
 
 
 # ------------------------------------------------------------------------------------------------ aggregation
@@ -148,23 +171,17 @@ def _apibank_aggregates(categories):
 
 # ------------------------------------------------------------------------------------------------ model path
 
-PROMPTS = ("tooln1", "tooln1-bfcl")  # the training prompt; the release's BFCL handler prompt (BFCL only)
-
-
 def build_prompts(examples: Sequence[Example], tokenizer, native_tools: bool = False,
                   prompt: str = "tooln1") -> list[str]:
     from tooln1_jax.data import prompts
 
+    _check_prompt(prompt, {e.benchmark for e in examples})
     if prompt == "tooln1-bfcl":
         from tooln1_jax.eval import bfcl_handler_prompt
 
-        others = sorted({e.benchmark for e in examples} - {"bfcl"})
-        if others or native_tools:
-            raise ValueError(f"--prompt tooln1-bfcl is the release's BFCL handler prompt: BFCL only, without "
-                             f"--native-tools (got {', '.join(others) or '--native-tools'})")
+        if native_tools:
+            raise ValueError("--prompt tooln1-bfcl is the release's BFCL handler prompt: without --native-tools")
         return [bfcl_handler_prompt.render(e.tools, e.messages) for e in examples]
-    if prompt != "tooln1":
-        raise ValueError(f"prompt {prompt!r}: expected one of {', '.join(PROMPTS)}")
     return [prompts.render(e.record(), tokenizer, native_tools) for e in examples]
 
 
@@ -195,11 +212,12 @@ def model_replies_fn(config, params, tokenizer, *, max_new_tokens: int = 512, ba
 
 def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories: list[str] | None = None,
              limit: int | None = None, block: str | None = None, native_tools: bool = False,
-             tokenizer=None, max_new_tokens: int = 512, batch_size: int = 16, dtype: str | None = None,
+             tokenizer=None, max_new_tokens: int | None = None, batch_size: int = 16, dtype: str | None = None,
              mesh: str | None = None, prompt: str = "tooln1", out: str | os.PathLike | None = None) -> Evaluation:
     """Generate and score. `model`: a model path (HF dir, .gguf, run or checkpoint dir), or a function taking
-    the prompt texts and returning the replies. `mesh` (e.g. "fsdp=8"): shard the model over that device mesh
-    (default: one device). With `out`, the results are written there too."""
+    the prompt texts and returning the replies. `max_new_tokens`: the reply cap (default: the benchmark's,
+    `MAX_NEW_TOKENS`). `mesh` (e.g. "fsdp=8"): shard the model over that device mesh (default: one device).
+    With `out`, the results are written there too."""
     from tooln1_jax import assets
 
     names = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
@@ -208,18 +226,23 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
         tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
     if isinstance(model, (str, os.PathLike)):
         from tooln1_jax import checkpoint, parallel  # HF dir, .gguf, hub id, run or checkpoint directory
+        from tooln1_jax.rollout import sampler
 
         config, params = checkpoint.load_model(model, mesh=parallel.make_mesh(mesh) if mesh else None, dtype=dtype)
-        replies_fn = model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size)
+        params = sampler.prepare(config, params)  # the decode layout, made once for every benchmark
+
+        def replies_for(name: str) -> RepliesFn:
+            return model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[name],
+                                    batch_size=batch_size)
     else:
-        replies_fn = model
+        def replies_for(name: str) -> RepliesFn:
+            return model
     rows, summaries = [], {}
     for name, examples in selected.items():
         if not examples:
             continue
-        replies = replies_fn(build_prompts(examples, tokenizer, native_tools, prompt))
-        bench_rows = score(examples, replies, block)
+        replies = replies_for(name)(build_prompts(examples, tokenizer, native_tools, prompt))
+        bench_rows = score(examples, replies, block, prompt)
         rows += bench_rows
         summaries[name] = summarize(name, bench_rows)
     evaluation = Evaluation(rows, summaries)
@@ -311,10 +334,12 @@ def _is_unicode(text: str) -> bool:
 
 
 def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: list[str] | None = None,
-                      limit: int | None = None, block: str | None = None,
+                      limit: int | None = None, block: str | None = None, prompt: str = "tooln1",
                       out: str | os.PathLike | None = None) -> Evaluation:
-    """Score a predictions file. Categories without any prediction are left out (and listed); a missing id in
-    a scored category counts as wrong (reason "missing prediction"); ids of no example are listed as unknown."""
+    """Score a predictions file (replies to `prompt`'s prompts: "tooln1-bfcl" reads them as the release's BFCL
+    handler did). Categories without any prediction are left out (and listed); a missing id in a scored category
+    counts as wrong (reason "missing prediction"); ids of no example are listed as unknown."""
+    _check_prompt(prompt, datasets.BENCHMARKS if benchmark == "all" else [benchmark])
     replies, problems = read_predictions(path)
     known_ids: set[str] = set()
     rows, summaries, missing, unscored = [], {}, [], []
@@ -328,7 +353,7 @@ def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: li
             if example.category not in covered:
                 continue
             if example.id in replies:
-                bench_rows.append(score_reply(example, replies[example.id], block))
+                bench_rows.append(score_reply(example, replies[example.id], block, prompt))
             else:
                 missing.append(example.id)
                 bench_rows.append(_missing_row(example))
@@ -401,7 +426,7 @@ def run_cli(args) -> None:
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     if args.predictions:
         evaluation = score_predictions(args.benchmark, args.predictions, categories=categories, limit=args.limit,
-                                       block=args.block, out=args.out)
+                                       block=args.block, prompt=args.prompt, out=args.out)
     else:
         evaluation = evaluate(args.benchmark, args.model, categories=categories, limit=args.limit,
                               block=args.block, native_tools=args.native_tools,

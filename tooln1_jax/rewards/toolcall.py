@@ -11,6 +11,15 @@ Variants (the reference's compute_score_v0 / v2 / v3 / v4):
                     gets 0.2 instead of 0.8.
 An exact match compares the multisets of `(name, json.dumps(arguments, sort_keys=True))`: call order and key order
 are free, types are not (5, 5.0 and "5" all differ).
+
+Which block counts (`BLOCK`, one rule for training and evaluation): the LAST `<tool_call>...</tool_call>` block of
+the reply. The release's training reward reads the last block (every `extract_solution_*` of its
+`verl/utils/reward_score/toolcall.py`), so that is the block GRPO taught the model to get right; the format asks for
+one block a reply, so the rule only decides replies that break it. The reward, the evaluation parser and the
+release-handler decoding of BFCL (`eval/bfcl_handler_decode.py`) all take the block from `tool_call_block` (the
+reward from the text after the reply's last `<|im_start|>assistant`, as the release's reward; the handler decoding
+from the whole reply, as the release's handler). The release's BFCL handler read the first block: `block="first"`
+reproduces it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ OK = "ok"
 NO_BLOCK = "no_block"  # no <tool_call>...</tool_call> block
 BAD_JSON = "bad_json"  # the block (or its double-encoded string) does not decode
 BAD_STRUCTURE = "bad_structure"  # decodes, but is not a list of {"name", "arguments"} objects
+
+BLOCK = "last"  # which <tool_call> block of a reply counts, in training and in evaluation (module docstring)
+BLOCKS = ("first", "last")
 
 _ASSISTANT_MARKER = "<|im_start|>assistant"
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
@@ -73,6 +85,18 @@ def _blocks(text: str) -> list[str]:
     return out
 
 
+def tool_call_block(text: str, block: str = BLOCK) -> str | None:
+    """The content of the `<tool_call>` block that counts ("last" by the rule; "first" on request), or None when
+    the text has no complete block."""
+    if block not in BLOCKS:
+        raise ValueError(f"block must be 'first' or 'last', got {block!r}")
+    if block == "first":
+        found = _between(text, _OPEN, _CLOSE)
+        return found[0] if found else None
+    blocks = _blocks(text)
+    return blocks[-1] if blocks else None
+
+
 def _decode_block(content: str) -> tuple[str, Any]:
     """(status, value) of one block's content: JSON, a string decoded once more, a dict made a list."""
     try:
@@ -92,19 +116,18 @@ def _is_call_list(value: Any) -> bool:
     )
 
 
-def parse_reply(reply: str, block: str = "last") -> ParsedReply:
-    """Read the think text and the calls of one `<tool_call>` block ("last": training reward; "first": BFCL)."""
-    if block not in ("first", "last"):
-        raise ValueError(f"block must be 'first' or 'last', got {block!r}")
+def parse_reply(reply: str, block: str = BLOCK) -> ParsedReply:
+    """Read the think text and the calls of the `<tool_call>` block that counts (`tool_call_block`) in the reply's
+    assistant part (`reply_text`), as the release's training reward reads them."""
     text = reply_text(reply) if isinstance(reply, str) else ""
     has_think = "<think>" in text and "</think>" in text
     think_match = _between(text, "<think>", "</think>")
     think = think_match[0] if think_match else None
 
-    blocks = _blocks(text)
-    if not blocks:
+    content = tool_call_block(text, block)
+    if content is None:
         return ParsedReply(text, has_think, think, None, NO_BLOCK)
-    status, value = _decode_block(blocks[0] if block == "first" else blocks[-1])
+    status, value = _decode_block(content)
     if status != OK:
         return ParsedReply(text, has_think, think, None, status)
     if not _is_call_list(value):
@@ -113,15 +136,14 @@ def parse_reply(reply: str, block: str = "last") -> ParsedReply:
 
 
 def _answer_calls(answer: Any) -> list | None:
-    """The ground-truth calls: a list, or a JSON string of one (decoded up to twice); None when unusable."""
+    """The ground-truth calls: a list, or a JSON string of one (decoded up to twice); None when unusable (a lone
+    object too: the release's reward compares it key by key and never matches)."""
     try:
         for _ in range(2):
             if isinstance(answer, str):
                 answer = json.loads(answer)
     except _DECODE_ERRORS:
         return None
-    if isinstance(answer, dict):
-        answer = [answer]
     return answer if _is_call_list(answer) else None
 
 
