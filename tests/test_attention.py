@@ -38,7 +38,7 @@ def test_implementation_matches_reference(impl, kwargs):
     q, k, v, seg, pre = _inputs()
     w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
     fn = {"blockwise": lambda q, k, v: attention.blockwise(q, k, v, seg, pre, **kwargs),
-          "xla": lambda q, k, v: attention.dot_product(q, k, v, seg, pre, "xla")}[impl]
+          "xla": lambda q, k, v: attention.dot_product(q, k, v, seg, pre)}[impl]
     ref = lambda q, k, v: attention.reference(q, k, v, seg, pre)  # noqa: E731
     np.testing.assert_allclose(fn(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-6)
     grads = jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=(0, 1, 2))(q, k, v)
@@ -93,3 +93,20 @@ def test_forward_of_a_plain_causal_row_given_as_ids_equals_the_attention_mask_pa
     ours, _ = qwen2.forward(cases.CONFIG, p, tokens, positions=jnp.cumsum(ones, axis=1) - 1, segment_ids=ones,
                             prefix_ids=0 * ones)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_xla_matches_reference_in_bfloat16_on_rows_with_padding():
+    q, k, v, seg, pre = _inputs(seed=3, heads=6, kv_heads=3, dim=16)
+    assert (np.asarray(seg) == 0).any()  # rows end in padding
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    ours = attention.attend(q, k, v, seg, pre, "xla")
+    assert ours.dtype == jnp.bfloat16
+    ref = attention.reference(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg, pre)
+    np.testing.assert_allclose(np.asarray(ours, np.float32), ref, atol=3e-2)
+
+
+def test_cudnn_is_refused_when_the_model_is_built():
+    with pytest.raises(ValueError, match="model.attention 'cudnn'.*blockwise"):
+        attention.resolve("cudnn")
+    with pytest.raises(ValueError, match="model.attention 'cudnn'.*blockwise"):
+        cases.CONFIG.replace(attention="cudnn")

@@ -9,7 +9,13 @@ Implementations (all take q [B, T, H, D], k/v [B, T, KV, D] with H a multiple of
 - "dense": `reference`, float32 scores [B, H, T, T]; what every other one is tested against; the CPU default.
 - "blockwise": keys in blocks of `BLOCK`, online softmax, and a hand-written backward that recomputes each block
   (flash-attention style), so no [H, T, T] array exists in either pass; the default on accelerators.
-- "xla" / "cudnn": `jax.nn.dot_product_attention` with a boolean [B, 1, T, T] mask (cuDNN needs a GPU).
+- "xla": `jax.nn.dot_product_attention(implementation="xla")`, a dense kernel: it materialises float32 logits
+  [B, H, T, S] like "dense"; the boolean mask is computed from the ids by broadcast compares that XLA fuses into
+  the masking select (no [T, S] mask buffer in the compiled CPU program), so the logits are its cost.
+- "cudnn": refused (see `REFUSED`). jax's `dot_product_attention` takes no segment ids: its flags (`is_causal`,
+  one query/key length per row, a sliding window) describe one sequence per row, while a packed row holds several
+  groups whose replies share a prompt but not each other. The mask would reach cuDNN as a [B, 1, T, S] bias input,
+  and jax's cuDNN backward always returns a bias gradient of that size too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import numpy as np
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
 BLOCK = 512
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "xla", "cudnn")
+REFUSED = {"cudnn": "jax.nn.dot_product_attention takes no segment ids, so the packed rows' mask (several groups "
+                    "a row, replies that share a prompt) would reach cuDNN as a [rows, 1, T, T] bias plus a bias "
+                    "gradient of the same size; use model.attention: blockwise (flash-style, no [T, T] array)"}
 
 
 def allowed(q_segment, q_prefix, q_index, k_segment, k_prefix, k_index) -> jax.Array:
@@ -49,10 +58,10 @@ def reference(q, k, v, segment_ids, prefix_ids):
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
 
 
-def dot_product(q, k, v, segment_ids, prefix_ids, implementation: str):
-    """`jax.nn.dot_product_attention` ("xla" or "cudnn") with the mask as a boolean array."""
+def dot_product(q, k, v, segment_ids, prefix_ids):
+    """`jax.nn.dot_product_attention`'s XLA implementation, the mask computed from the ids inside the program."""
     m = mask(segment_ids, prefix_ids)[:, None]
-    return jax.nn.dot_product_attention(q, k, v, mask=m, implementation=implementation).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="xla").astype(q.dtype)
 
 
 # ---- blockwise (flash-style) ---------------------------------------------------------------------------------
@@ -158,6 +167,8 @@ def resolve(implementation: str) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {', '.join(IMPLEMENTATIONS)}, "
                          f"got {implementation!r}")
+    if implementation in REFUSED:
+        raise ValueError(f"model.attention {implementation!r} is not supported: {REFUSED[implementation]}")
     if implementation == "auto":
         return "dense" if jax.default_backend() == "cpu" else "blockwise"
     return implementation
@@ -171,4 +182,4 @@ def attend(q, k, v, segment_ids, prefix_ids, implementation: str = "auto"):
         return reference(q, k, v, segment_ids, prefix_ids)
     if impl == "blockwise":
         return blockwise(q, k, v, segment_ids, prefix_ids)
-    return dot_product(q, k, v, segment_ids, prefix_ids, impl)
+    return dot_product(q, k, v, segment_ids, prefix_ids)
