@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# libtpu (the dev extra, for TPU topologies and compiles) takes a lock file per machine; pytest-xdist workers and
+# the tests' subprocesses each load it
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 # (query heads, kv heads, tied head): 1, 2 and 7 query heads per KV head
 TINY_SHAPES = [(4, 4, True), (4, 2, False), (7, 1, False)]
