@@ -71,22 +71,38 @@ def test_sampled_tokens_equal_on_an_8_device_mesh(model_dir):
         import numpy as np
         from tooln1_jax import parallel
         from tooln1_jax.models import weights
-        from tooln1_jax.rollout import sampler
+        from tooln1_jax.rollout import engine, sampler
 
         prompts = {PROMPTS!r}
-        kwargs = dict(num_samples=3, max_new_tokens=16, temperature=0.9, rng=jax.random.key(2), stop_ids=(7, 42))
         config, params = weights.load({str(model_dir[0])!r})
-        single = sampler.generate(config, params, prompts, num_slots=5, **kwargs)
-        for spec in ("fsdp=4,tensor=2", "data=2,fsdp=4"):
+        kwargs = dict(num_samples=3, max_new_tokens=16, temperature=0.9, rng=jax.random.key(2), stop_ids=(7, 42))
+        # 8 slots: one or two a device, never compacted; 32 slots, four a device, and frequent stop tokens: replies
+        # end at different steps and the pool compacts device by device (between chunks of 4 steps)
+        ragged = dict(kwargs, stop_ids=tuple(range(3, 320, 9)), chunk_steps=4)
+        cases = (("fsdp=4,tensor=2", 8, kwargs), ("data=2,fsdp=4", 8, kwargs), ("data=2,fsdp=4", 32, ragged))
+        for spec, slots, kw in cases:
+            single = sampler.generate(config, params, prompts, num_slots=5, **kw)
             mesh = parallel.make_mesh(spec)
-            config, sharded_params = weights.load({str(model_dir[0])!r}, mesh=mesh)
-            sharded = sampler.generate(config, sharded_params, prompts, num_slots=8, **kwargs)
-            np.testing.assert_array_equal(sharded.tokens, single.tokens)
-            np.testing.assert_array_equal(sharded.lengths, single.lengths)
-            np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-4)
-            print(spec, "ok")
+            _, sharded_params = weights.load({str(model_dir[0])!r}, mesh=mesh)
+            engine._compact_program.cache_clear()
+            sharded = sampler.generate(config, sharded_params, prompts * 2, num_slots=slots, **kw)
+            n = len(single.tokens)  # the first copy of the prompts: the same seeds, so the same samples
+            np.testing.assert_array_equal(sharded.tokens[:n], single.tokens)
+            np.testing.assert_array_equal(sharded.lengths[:n], single.lengths)
+            np.testing.assert_allclose(sharded.logprobs[:n], single.logprobs, atol=1e-4)
+            print(spec, slots, "ok", "compacted" if engine._compact_program.cache_info().misses else "")
     """)
-    assert "fsdp=4,tensor=2 ok" in out and "data=2,fsdp=4 ok" in out
+    assert "fsdp=4,tensor=2 8 ok" in out and "data=2,fsdp=4 8 ok" in out
+    assert "data=2,fsdp=4 32 ok compacted" in out
+
+
+def test_compaction_keeps_each_device_s_live_slots_on_that_device():
+    live = np.array([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0], bool)  # 3 devices x 4 slots
+    rows = engine.compaction_rows(live, devices=3, keep_per_device=2)
+    np.testing.assert_array_equal(rows, [1, 0, 4, 5, 8, 9])  # device 1 keeps its 2 live slots, then the rest fill
+    assert all(r // 4 == i // 2 for i, r in enumerate(rows))  # no slot leaves its device's block
+    kept = engine.compaction_rows(live, devices=3, keep_per_device=4)
+    assert sorted(kept.tolist()) == list(range(12)) and live[kept].sum() == live.sum()
 
 
 def test_race_draws_follow_the_weights_and_skip_zeros():
@@ -204,3 +220,24 @@ def test_compiled_decode_copies_no_cache_and_no_weight(loaded):
              re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} (?:copy|transpose)\(", hlo)]
     assert not [shape for shape in moved if shape in big], moved
     assert "f32[8,2,64,16]" in hlo  # the cache shape is spelled as the search expects
+
+
+def test_compaction_compiled_for_a_tpu_slice_moves_no_cache_between_chips():
+    """The compaction program for v5p:2x2x2 (8 chips, 2 hosts), compiled by libtpu: no collective, and per chip no
+    more than its own slots' caches in and out (a global gather would all-gather every layer's cache)."""
+    from tooln1_jax import aot, parallel
+
+    mesh = parallel.make_mesh({"fsdp": -1}, aot.topology_devices("v5p:2x2x2"))
+    config = qwen2.Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=2, dtype="bfloat16")
+    slots, keep, capacity = 64, 16, 2048
+    caches = tuple((s, s) for s in (jax.ShapeDtypeStruct((slots, 2, capacity, 64), jnp.bfloat16,
+                                                          sharding=kv_cache.sharding(config, mesh, slots, capacity)),)
+                   * config.num_hidden_layers)
+    rows = jax.ShapeDtypeStruct((keep,), jnp.int32, sharding=parallel.batch_sharding(mesh, 1))
+    compiled = engine._compact_program(config, mesh, slots, capacity, keep).lower(caches, rows).compile()
+    hlo = compiled.as_text()
+    assert not any(op in hlo for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce"))
+    per_chip_in = kv_cache.nbytes(config, slots // 8, capacity, 2)
+    memory = compiled.memory_analysis()
+    assert memory.temp_size_in_bytes + memory.output_size_in_bytes <= per_chip_in

@@ -7,7 +7,7 @@
   chunk ends early when a sample finishes while others wait, so its slot is refilled at once; the host scheduler
   between chunks moves only small integer arrays.
 - Every slot carries its own position; a chunk's attention reads the caches up to the longest live context plus the
-  chunk, bucketed (`bucket`), so a run compiles a few programs (`STATS["compiles"]`), not one per length.
+  chunk, bucketed (`shapes.bucket`), so a run compiles a few programs (`STATS["compiles"]`), not one per length.
 - Sample s = (prompt seed, sample j) draws its token at reply step r from fold_in(fold_in(rng, r), seed * G + j):
   nothing depends on the slot it runs in, the number of slots, or the host.
 - Once the queue is empty and the live samples fit a pool half the size, they move into one (a gather of their
@@ -34,6 +34,7 @@ from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rollout import inference, kv_cache
 from tooln1_jax.rollout.inference import InferenceWeights
 from tooln1_jax.rollout.sampling import Sampling, sample_keys, sample_step
+from tooln1_jax.shapes import bucket
 
 DEFAULT_STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: attention scores stay [P, heads, 512, T]
@@ -71,14 +72,6 @@ def concatenate(parts: Sequence[Rollout]) -> Rollout:
                    logprobs=np.concatenate([p.logprobs for p in parts]),
                    prompt_index=np.concatenate([p.prompt_index + o for p, o in zip(parts, offsets)]),
                    finish_reason=np.concatenate([p.finish_reason for p in parts]))
-
-
-def bucket(n: int, minimum: int = 1) -> int:
-    """Round up to a power of two (at least `minimum`), then to multiples of 1024 beyond 1024."""
-    n = max(int(n), minimum)
-    if n > 1024:
-        return -(-n // 1024) * 1024
-    return 1 << (n - 1).bit_length()
 
 
 def utilisation(stats: dict) -> float:
@@ -181,14 +174,29 @@ def _decode_program(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int
 
 @functools.lru_cache(maxsize=64)
 def _compact_program(config: Qwen2Config, mesh: Mesh, slots: int, capacity: int, keep: int):
-    """Caches of `keep` rows taken from `slots` (the queue is empty and few slots are live)."""
+    """Caches of `keep` rows taken from `slots` (the queue is empty and few slots are live). Each device keeps rows
+    of its own block (`compaction_rows`; `rows` are indices inside the device's block), so no cache row crosses a
+    device: a global gather would all-gather every layer's cache onto every chip."""
+    cache_in = _cache_shardings(config, mesh, slots, capacity)
+    cache_out = _cache_shardings(config, mesh, keep, capacity)
+    batch1 = parallel.batch_sharding(mesh, 1)
+    specs = lambda shardings: tuple((k.spec, v.spec) for k, v in shardings)  # noqa: E731
+
     def compact(caches, rows):
         STATS["compiles"] += 1
-        return tuple((k[rows], v[rows]) for k, v in caches)
+        gather = jax.shard_map(lambda c, r: tuple((k[r], v[r]) for k, v in c), mesh=mesh,
+                               in_specs=(specs(cache_in), batch1.spec), out_specs=specs(cache_out), check_vma=False)
+        return gather(caches, rows)
 
-    return jax.jit(compact, in_shardings=(_cache_shardings(config, mesh, slots, capacity),
-                                          parallel.batch_sharding(mesh, 1)),
-                   out_shardings=_cache_shardings(config, mesh, keep, capacity))
+    return jax.jit(compact, in_shardings=(cache_in, batch1), out_shardings=cache_out)
+
+
+def compaction_rows(live: np.ndarray, devices: int, keep_per_device: int) -> np.ndarray:
+    """This process's slots to keep, device block by device block: each of the `devices` equal blocks of `live`
+    keeps its live slots first, then idle ones, `keep_per_device` in all."""
+    per = live.size // devices
+    blocks = [np.arange(j * per, (j + 1) * per) for j in range(devices)]
+    return np.concatenate([np.concatenate([b[live[b]], b[~live[b]]])[:keep_per_device] for b in blocks])
 
 
 @functools.lru_cache(maxsize=16)
@@ -296,11 +304,13 @@ def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]]
             break
         waiting = _any_host(next_row < total)
         if not waiting:  # draining: move the live samples into a pool half the size or less
-            keep = _round_up(bucket(parallel.global_max(int(state["live"].sum()))), multiple)
+            per_device = slots // multiple  # the slots of one device (its block of the batch rows)
+            most_live = int(state["live"].reshape(multiple, per_device).sum(axis=1).max())
+            keep = bucket(parallel.global_max(most_live)) * multiple
             if keep * COMPACT_RATIO <= slots:
-                rows = np.concatenate([np.flatnonzero(state["live"]), np.flatnonzero(~state["live"])])[:keep]
+                rows = compaction_rows(state["live"], multiple, keep // multiple)
                 caches = _compact_program(config, mesh, global_slots, capacity, keep * hosts)(
-                    caches, _global((offset * slots + rows).astype(np.int32), batch1))
+                    caches, _global((rows % per_device).astype(np.int32), batch1))
                 state = {k: v[rows] for k, v in state.items()}
                 occupant, slots, global_slots = occupant[rows], keep, keep * hosts
         # ---- decode a chunk ----
