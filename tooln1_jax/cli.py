@@ -62,18 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many examples per category")
     p.add_argument("--categories", default=None, help="comma-separated subset of categories")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="reply cap (default: 4096 for BFCL, the cap BFCL's own generation uses; 512 otherwise)")
     p.add_argument("--block", choices=["first", "last"], default=None,
-                   help="which <tool_call> block to read (default: first for BFCL, last otherwise)")
+                   help="which <tool_call> block to read (default: last, the training reward's rule; first: the "
+                        "release's BFCL handler's choice)")
     p.add_argument("--native-tools", action="store_true", help="use the chat template's tools= branch")
     p.add_argument("--prompt", choices=["tooln1", "tooln1-bfcl"], default="tooln1",
-                   help="tooln1: the training prompt; tooln1-bfcl: the Tool-N1 release's BFCL handler prompt")
+                   help="tooln1: the training prompt; tooln1-bfcl: the Tool-N1 release's BFCL handler prompt, its "
+                        "replies decoded as that handler did (also with --predictions)")
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
     p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
 
     from tooln1_jax import chain
 
     chain.add_parser(sub)
+
+    p = sub.add_parser("compile", help="compile a config's training step for a TPU slice: memory per chip, "
+                                          "roofline time (exit 1 when a program does not fit)")
+    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("--topology", required=True,
+                   help="a TPU slice as libtpu names it, e.g. v5p:2x4x4 (v5p-64) or v5e:2x2; 'local': this machine's "
+                        "devices")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--sft", action="store_true", help="the supervised run (`tooln1 sft`) instead of GRPO")
+    p.add_argument("--eval", action="store_true", help="also the greedy validation's programs")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON here")
 
     p = sub.add_parser("export", help="write a checkpoint's parameters as a Hugging Face directory")
     p.add_argument("checkpoint", help="run directory or checkpoint step directory")
@@ -94,17 +109,24 @@ def _sources(pairs: list[tuple[str, str]], parser: argparse.ArgumentParser) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tooln1_jax import accelerator
+
+    accelerator.configure()  # XLA settings for a GPU, before jax starts a backend; nothing on a CPU or TPU
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _dispatch(args, parser)
+        return _dispatch(args, parser) or 0
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad input: the message names the file or key
         print(f"tooln1 {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
-def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | None:
+    """Runs the command; an exit code when the command has one of its own (compile: 1 = does not fit)."""
+    if args.command == "compile":
+        from tooln1_jax import aot
+
+        return aot.run_cli(args)
     if args.command == "prepare-data":
         from tooln1_jax.data import prepare
 
