@@ -81,6 +81,7 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
     """The uniform mode (see the module docstring)."""
     import jax
 
+    from tooln1_jax import shapes
     from tooln1_jax.rollout import engine, sampler
 
     model, config, params = _both_models(preset, layers, seed, dtype)
@@ -114,7 +115,7 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
                        "slot_utilisation": stats["slot_utilisation"],
                        "decode_steps_per_call": stats["decode_steps"] // repeats}}
     if hbm_gbps:
-        rows, slots_ = prompts * group, sampler.bucket(prompt_len, 16) + sampler.bucket(new_tokens, 16)
+        rows, slots_ = prompts * group, shapes.bucket(prompt_len, 16) + shapes.bucket(new_tokens, 16)
         itemsize = np.dtype(dtype if dtype != "bfloat16" else np.float16).itemsize
         cache_bytes = 2 * config.num_hidden_layers * rows * (prompt_len + new_tokens // 2) \
             * config.num_key_value_heads * config.head_dim * itemsize  # live entries read by an average step

@@ -4,7 +4,8 @@ Kept as the stable import path: `from tooln1_jax.rollout import sampler; sampler
 """
 
 from tooln1_jax.rollout.engine import (  # noqa: F401
-    DEFAULT_CHUNK_STEPS, DEFAULT_STOP_IDS, PREFILL_CHUNK, STATS, Rollout, bucket, concatenate, generate, reply_ids,
+    DEFAULT_CHUNK_STEPS, DEFAULT_STOP_IDS, PREFILL_CHUNK, STATS, Rollout, concatenate, generate, reply_ids,
     utilisation)
 from tooln1_jax.rollout.inference import InferenceWeights, prepare  # noqa: F401
 from tooln1_jax.rollout.sampling import Sampling, filter_logits, sample_step  # noqa: F401
+from tooln1_jax.shapes import bucket  # noqa: F401
