@@ -14,6 +14,9 @@ import pytest
 # libtpu (the dev extra, for TPU topologies and compiles) takes a lock file per machine; pytest-xdist workers and
 # the tests' subprocesses each load it
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# the suite, its subprocesses and both xdist workers stay off the persistent compilation cache (~/.cache); the
+# cache's own test turns it on for its subprocesses
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 # (query heads, kv heads, tied head): 1, 2 and 7 query heads per KV head

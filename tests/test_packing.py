@@ -32,16 +32,40 @@ def test_layout_of_one_group():
     assert p.useful_tokens == 6 and p.computed_tokens == 128
 
 
-def test_plan_rows_packs_tightly_and_keeps_groups_whole():
+def test_plan_rows_fills_rows_of_the_budget_and_keeps_groups_whole():
     lengths = [700, 650, 900, 820, 300, 560, 610, 480]
     rows, length = packing.plan_rows(lengths, budget=2048)
+    assert length == 2048  # the budget's, whatever the batch's total: one shape for many batches
     assert sorted(i for row in rows for i in row) == list(range(8))
-    assert all(sum(lengths[i] for i in row) <= length <= 2048 for row in rows)
-    assert len(rows) * length <= 1.1 * sum(lengths)
-    rows, length = packing.plan_rows([5000, 10], budget=1024)  # a group longer than the budget gets its own row
-    assert length == 5120 and len(rows) == 1
-    rows, _ = packing.plan_rows([100] * 3, budget=1024, rows_multiple=4)
-    assert len(rows) <= 4
+    assert all(sum(lengths[i] for i in row) <= length for row in rows)
+    assert len(rows) == -(-sum(lengths) // length)  # first-fit decreasing fills them
+    rows, length = packing.plan_rows([5000, 10], budget=1024)  # a group longer than the budget sets the length:
+    assert length == 6144 and len(rows) == 1  # the rung above it, 128 x 48
+    assert packing.plan_rows([5000, 10], budget=1024, max_length=5100)[1] == 5120  # no rung beyond the worst case
+    assert packing.plan_rows([300, 200], budget=0)[1] == 384  # budget 0: the longest group's rung
+
+
+def test_bucketed_padding_rows_and_slots_are_empty_and_change_no_log_prob():
+    """Groups that need five rows get six (a rung), and a row of 9 replies makes every row 12 slots wide (3 x 2^k):
+    the padding is fully masked, and every real reply's log-probs are those of the padded layout."""
+    rng = np.random.default_rng(21)
+    sizes = [(70, [5, 9, 3]), (66, [7, 1, 4]), (60, [8, 8, 2]), (75, [2, 6, 5]), (72, [4, 4, 4]),
+             (5, [2, 1, 3]), (4, [1, 2, 2]), (6, [3, 3])]  # five groups of 78..88 tokens (a row of 128 each), and
+    # three short ones that join the longest: 11 replies in its row
+    prompts = [rng.integers(1, 64, n).tolist() for n, _ in sizes]
+    replies = [[rng.integers(1, 64, n).tolist() for n in rs] for _, rs in sizes]
+    packed = packing.pack_groups(prompts, replies, budget=0)
+    rows, length, slots, width = packed.shape
+    assert (rows, length, slots, width) == (6, 128, 12, 16)
+    assert (packed.segment_ids[5] == 0).all() and (packed.prefix_ids[5] == -1).all()
+    assert (packed.sample[5] == -1).all() and not packed.response_mask[5].any()
+    assert sorted(packed.sample[packed.sample >= 0].tolist()) == list(range(23))
+    assert not packed.response_mask[packed.sample < 0].any()
+    p = cases.params()
+    ref, mask = cases.padded_logprobs(p, prompts, replies)
+    logp, _ = cases.packed_logprobs(p, cases.packed_batch(packed.pad_to(rows, length, slots, mask.shape[1])))
+    ours = packed.to_samples(np.asarray(logp))
+    np.testing.assert_allclose(np.where(mask > 0, ours, 0), np.where(mask > 0, ref, 0), rtol=RTOL, atol=1e-6)
 
 
 @pytest.mark.parametrize("budget", [0, 512], ids=["group_per_row", "several_groups_per_row"])

@@ -31,7 +31,7 @@ TINY = [
 ]
 
 
-TIMING = ("time/", "tokens_per_s", "rollout_tokens_per_s")  # metrics that differ between equal runs
+TIMING = ("time/", "tokens_per_s", "rollout_tokens_per_s", "compiles/")  # metrics that differ between equal runs
 
 
 def comparable(metrics: dict) -> dict:

@@ -128,6 +128,12 @@ class TrainConfig:
     report_to: tuple[str, ...] = ("tensorboard",)
     wandb_project: str = "tooln1-jax"
     run_dir: str = "runs/demo"
+    # JAX's persistent compilation cache (local or gs://; null or "" = off): compiled programs are kept there and
+    # loaded, not compiled again, by a later run with the same programs, shapes, devices and jax version (a
+    # restart, --resume, the next run of a config). It saves nothing on a first run, or for programs that compile
+    # in under a second (jax_persistent_cache_min_compile_time_secs: not written). Trusted: whoever can write there
+    # can run code in the run's process.
+    compilation_cache_dir: str | None = "~/.cache/tooln1/jax_compilation_cache"
 
 
 @dataclasses.dataclass(frozen=True)

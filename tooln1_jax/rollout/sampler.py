@@ -8,4 +8,3 @@ from tooln1_jax.rollout.engine import (  # noqa: F401
     utilisation)
 from tooln1_jax.rollout.inference import InferenceWeights, prepare  # noqa: F401
 from tooln1_jax.rollout.sampling import Sampling, filter_logits, sample_step  # noqa: F401
-from tooln1_jax.shapes import bucket  # noqa: F401

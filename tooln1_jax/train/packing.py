@@ -3,7 +3,9 @@
 A group is one prompt and its G replies, laid out once: prompt, reply 0, ..., reply G-1. Reply j sees the prompt
 and its own earlier tokens only, and its positions continue from the prompt's length, so each reply computes
 exactly what it would right after its prompt in the padded layout (`sequences.pack`). Whole groups are packed into
-rows of one length L (first-fit decreasing; L chosen to waste the fewest positions within a token budget):
+rows of one length L (first-fit decreasing; L = the token budget, or the longest group when that is longer). Every
+size is bucketed (`shapes.ladder`): rows, L, slots S and reply width R each take a few values however lengths vary,
+so a run compiles a handful of programs; padding rows and slots are fully masked (segment 0, sample -1, mask 0):
 
 - tokens, positions [rows, L] int32;
 - segment_ids [rows, L]: 1 + the group's index in its row; 0 on padding;
@@ -24,9 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tooln1_jax.rollout.sampler import bucket
+from tooln1_jax import shapes
 
-ROW_QUANTUM = 128  # row lengths are multiples of this (few compiled shapes)
+ROW_QUANTUM = 128  # row lengths are rungs of shapes.ladder in multiples of this
+REPLY_QUANTUM = 16  # reply widths are powers of two times this
 
 
 @dataclasses.dataclass
@@ -105,45 +108,62 @@ def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[in
     return rows
 
 
-def plan_rows(lengths: Sequence[int], budget: int, rows_multiple: int = 1) -> tuple[list[list[int]], int]:
-    """Groups of `lengths` assigned to rows, and the row length L (a multiple of ROW_QUANTUM, >= the longest
-    group, <= max(budget, longest group) rounded up): the L whose rows x L, rows rounded up to `rows_multiple`,
-    is smallest (then the shortest L). budget 0: rows as long as the longest group (rounded up)."""
+def plan_rows(lengths: Sequence[int], budget: int, max_length: int | None = None) -> tuple[list[list[int]], int]:
+    """Groups of `lengths` assigned to rows (first-fit decreasing) of length L = the rung of `shapes.ladder` (in
+    ROW_QUANTUM units) that holds max(budget, longest group), at most max(budget, `max_length`) (`max_length`: the
+    longest group a run can have). L is the budget's whatever the batch, unless a group is longer: a row length
+    that follows each batch's total would be a new program for nearly every batch. budget 0: rows as long as the
+    longest group's rung."""
     if not lengths:
         raise ValueError("plan_rows: no groups")
-    round_up = lambda n: -(-n // ROW_QUANTUM) * ROW_QUANTUM  # noqa: E731
-    longest, total = max(lengths), sum(lengths)
-    top = round_up(max(budget, longest))
-    best = None
-    for length in range(round_up(longest), top + 1, ROW_QUANTUM):
-        if length * -(-total // length) > (best[0] if best else np.inf):
-            continue  # cannot beat the best even if packed perfectly
-        rows = _first_fit_decreasing(lengths, length)
-        cost = -(-len(rows) // rows_multiple) * rows_multiple * length
-        if best is None or cost < best[0]:
-            best = (cost, rows, length)
-    return best[1], best[2]
+    top = None if max_length is None else max(budget, max_length)
+    length = shapes.ladder(max(budget, *lengths), ROW_QUANTUM, top)
+    return _first_fit_decreasing(lengths, length), length
+
+
+def row_count(rows: int, rows_multiple: int, num_groups: int) -> int:
+    """The rows of a packed batch that needs `rows`: a rung of multiples of `rows_multiple` (the batch axes'
+    share of this host), at most one row per group (rounded up to the multiple)."""
+    return shapes.ladder(rows, rows_multiple, num_groups)
+
+
+def reply_width_for(longest_reply: int, max_reply: int | None = None) -> int:
+    """The slot width R for replies of at most `longest_reply` tokens: REPLY_QUANTUM x 2^k, at most `max_reply`
+    (the reply cap) rounded up to the quantum."""
+    return shapes.ladder(longest_reply, REPLY_QUANTUM, max_reply, half_steps=False)
+
+
+def layout(lengths: Sequence[int], group_sizes: Sequence[int], *, budget: int = 0, rows_multiple: int = 1,
+           max_length: int | None = None) -> tuple[list[list[int]], int, int, int]:
+    """(groups of each row, rows, L, S) for groups of these token lengths and reply counts: rows from `plan_rows`
+    padded to `row_count`, S the most replies in a row rounded up to the largest group size x 2^k (at most all
+    of them)."""
+    assignment, length = plan_rows(lengths, budget, max_length)
+    slots = shapes.ladder(max(sum(group_sizes[g] for g in row) for row in assignment), max(1, max(group_sizes)),
+                          sum(group_sizes), half_steps=False)
+    return assignment, row_count(len(assignment), rows_multiple, len(lengths)), length, slots
 
 
 def pack_groups(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[Sequence[int]]], *, budget: int = 0,
-                rows_multiple: int = 1, reply_width: int | None = None) -> PackedGroups:
+                rows_multiple: int = 1, reply_width: int | None = None,
+                max_length: int | None = None) -> PackedGroups:
     """Pack group g = prompts[g] + replies[g][0] + ... ; samples are numbered group by group, reply by reply (the
-    rollout's order). Rows are padded to a multiple of `rows_multiple`; reply width defaults to the bucketed
-    longest reply."""
+    rollout's order). Rows (a multiple of `rows_multiple`), row length and slots per row are bucketed (`layout`;
+    `max_length`: the longest group a run can have); the reply width defaults to the bucketed longest reply
+    (`reply_width_for`)."""
     if len(prompts) != len(replies):
         raise ValueError(f"{len(prompts)} prompts but {len(replies)} groups of replies")
     for g, prompt in enumerate(prompts):
         if not len(prompt):
             raise ValueError(f"group {g}: empty prompt")
     lengths = [len(p) + sum(map(len, rs)) for p, rs in zip(prompts, replies)]
-    assignment, length = plan_rows(lengths, budget, rows_multiple)
+    assignment, num_rows, length, slots = layout(lengths, [len(rs) for rs in replies], budget=budget,
+                                                 rows_multiple=rows_multiple, max_length=max_length)
     longest_reply = max((len(r) for rs in replies for r in rs), default=1)
-    width = reply_width or bucket(max(1, longest_reply), 16)
+    width = reply_width or reply_width_for(longest_reply)
     if longest_reply > width:
         raise ValueError(f"a reply of {longest_reply} tokens exceeds the reply width {width}")
     first_sample = np.cumsum([0] + [len(rs) for rs in replies])
-    slots = max(sum(len(replies[g]) for g in row) for row in assignment)
-    num_rows = -(-len(assignment) // rows_multiple) * rows_multiple
 
     tokens = np.zeros((num_rows, length), np.int32)
     positions = np.zeros_like(tokens)

@@ -1,9 +1,12 @@
 """What GRPO and SFT runs share: mesh, tokenizer, data, model, optimizer, checkpoints, metrics, greedy
-validation, and the loop (step -> validate -> log -> checkpoint) with exact resume."""
+validation, and the loop (step -> validate -> log -> checkpoint) with exact resume; the persistent compilation
+cache, and the count of each step's compilations (`compiles/...` in metrics.jsonl)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import logging.handlers
 import queue
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax import assets, checkpoint, logs, parallel, paths
+from tooln1_jax import assets, checkpoint, logs, parallel, paths, shapes
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
@@ -150,6 +153,68 @@ def score_reply(reply: str, answer, variant: str = "binary") -> tuple[float, boo
     return toolcall.score_details(reply, answer, variant)
 
 
+# jax.monitoring events: a program built for a jit cache miss (compiled, or loaded from the persistent cache), and
+# a load from the persistent cache
+PROGRAM_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_programs = {"built": 0, "loaded": 0}  # in this process, since `count_compilations` was first called
+
+
+def _on_duration_event(event: str, duration_secs: float, **kwargs) -> None:
+    if event == PROGRAM_EVENT:
+        _programs["built"] += 1
+
+
+def _on_event(event: str, **kwargs) -> None:
+    if event == CACHE_HIT_EVENT:
+        _programs["loaded"] += 1
+
+
+@functools.cache
+def count_compilations() -> None:
+    """Count programs from now on (once per process: jax.monitoring listeners cannot be taken back)."""
+    jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+    jax.monitoring.register_event_listener(_on_event)
+
+
+def compilations() -> tuple[int, int]:
+    """(XLA compilations, programs loaded from the persistent compilation cache) in this process so far."""
+    return _programs["built"] - _programs["loaded"], _programs["loaded"]
+
+
+class CompileLog:
+    """One step's compilations by phase (`with log.phase("update"): ...` adds the compilations made inside), and
+    the programs the persistent cache gave instead of a compilation since the log was made."""
+
+    def __init__(self, phases: Sequence[str] = ()):
+        count_compilations()
+        self.counts: dict[str, int] = dict.fromkeys(phases, 0)
+        self._loaded_before = compilations()[1]
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = compilations()[0]
+        try:
+            yield
+        finally:
+            self.counts[name] = self.counts.get(name, 0) + compilations()[0] - start
+
+    def metrics(self) -> dict[str, int]:
+        return {**{f"compiles/{name}": n for name, n in self.counts.items()},
+                "compiles/loaded": compilations()[1] - self._loaded_before}
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """Keep compiled programs in `directory` (local or gs://; None or "": no persistent cache). JAX makes its cache
+    object once, at the first compilation after the directory is set; a changed directory starts it again."""
+    wanted = str(paths.path(directory)) if directory else None
+    if jax.config.jax_compilation_cache_dir != wanted:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", wanted)
+        compilation_cache.reset_cache()
+
+
 class StepAbandoned(Exception):
     """Raised inside a step, before it changes any state, when the run is asked to stop."""
 
@@ -164,11 +229,14 @@ class TrainingRun:
     """Set-up and loop shared by `GRPOTrainer` and `SFTTrainer`; they add `train_step()`."""
 
     name = "run"
+    compile_phases = ("update", "total")  # the `compiles/...` metrics of every step
     _log_file: _LogFile | None = None
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
                  eval_records: list[dict] | None = None, tokenizer=None, resume: bool = False):
         validate(cfg)  # ranges and cross-field rules, also for configs built in code
+        use_compilation_cache(cfg.train.compilation_cache_dir)  # before this run compiles anything
+        self.compiles = CompileLog(self.compile_phases)
         self.cfg = cfg
         self.run_dir = paths.path(run_dir or cfg.train.run_dir)  # a local directory or gs://bucket/dir
         t = cfg.train
@@ -293,8 +361,8 @@ class TrainingRun:
 
     def pack(self, prompts, replies) -> Packed:
         """`sequences.pack` with widths every host agrees on (bucketed maxima over all hosts)."""
-        return pack(prompts, replies, prompt_width=sampler.bucket(parallel.global_max(max(map(len, prompts))), 16),
-                    reply_width=sampler.bucket(parallel.global_max(max(1, max(map(len, replies)))), 16))
+        return pack(prompts, replies, prompt_width=shapes.bucket(parallel.global_max(max(map(len, prompts))), 16),
+                    reply_width=shapes.bucket(parallel.global_max(max(1, max(map(len, replies)))), 16))
 
     def global_batch(self, local: np.ndarray) -> jax.Array:
         """A batch-sharded global array from this host's rows."""
@@ -342,15 +410,18 @@ class TrainingRun:
         history = []
         while self.step < t.steps:
             loader_state = self.loader.get_state()
-            try:
-                result = self.train_step()
-            except StepAbandoned:
-                self.loader.set_state(loader_state)
-                self._stopped()
-                return history
-            metrics = result.metrics
-            if t.eval_every and self.step % t.eval_every == 0:
-                metrics.update(self.validate())
+            self.compiles = CompileLog(self.compile_phases)
+            with self.compiles.phase("total"):  # the step's compilations, its validation's included
+                try:
+                    result = self.train_step()
+                except StepAbandoned:
+                    self.loader.set_state(loader_state)
+                    self._stopped()
+                    return history
+                metrics = result.metrics
+                if t.eval_every and self.step % t.eval_every == 0:
+                    metrics.update(self.validate())
+            metrics.update(self.compiles.metrics())
             if self.is_main:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     self.metrics.log(self.step, metrics)

@@ -19,7 +19,7 @@ import numpy as np
 
 from tooln1_jax.models import head, qwen2
 from tooln1_jax.models.qwen2 import Qwen2Config
-from tooln1_jax.rollout.sampler import bucket
+from tooln1_jax.shapes import bucket
 
 
 @dataclasses.dataclass

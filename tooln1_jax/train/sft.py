@@ -19,7 +19,6 @@ import numpy as np
 
 from tooln1_jax import logs, parallel
 from tooln1_jax.data.pipeline import PromptLoader
-from tooln1_jax.rollout.sampler import bucket
 from tooln1_jax.train import packing
 from tooln1_jax.train.run import StepResult, TrainingRun
 from tooln1_jax.train.step import PACKED_KEYS, StepFunctions, make_optimizer
@@ -58,8 +57,9 @@ def supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, r
     packed = run.pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
     batch = {"tokens": packed.tokens, "attention_mask": packed.attention_mask, "response_mask": packed.response_mask}
     batch = {k: run.global_batch(v) for k, v in batch.items()}
-    params, opt_state, m = steps.sft_update(params, opt_state, batch, packed.prompt_width,
-                                            run.cfg.train.micro_batch_size)
+    with run.compiles.phase("update"):
+        params, opt_state, m = steps.sft_update(params, opt_state, batch, packed.prompt_width,
+                                                run.cfg.train.micro_batch_size)
     metrics = {k: float(v) for k, v in m.items()}
     seconds = time.perf_counter() - start
     tokens = float(run.all_rows(packed.attention_mask.sum(1)).sum())
@@ -73,13 +73,15 @@ def _packed_supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_
     start = time.perf_counter()
     hosts = jax.process_count()
     micro_rows = run.cfg.train.micro_batch_rows or parallel.batch_size_multiple(run.mesh)
-    width = parallel.global_max(bucket(max(len(r["target_ids"]) for r in records), 16))
+    limit = run.cfg.sft.max_seq_len  # prompt + target of every example (`add_targets`)
+    width = parallel.global_max(packing.reply_width_for(max(len(r["target_ids"]) for r in records), limit))
     packed = packing.pack_groups([r["prompt_ids"] for r in records], [[r["target_ids"]] for r in records],
                                  budget=run.cfg.train.pack_tokens, rows_multiple=micro_rows // hosts,
-                                 reply_width=width)
+                                 reply_width=width, max_length=limit)
     packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
     batch = {k: run.global_batch(getattr(packed, k)) for k in PACKED_KEYS + ("response_mask",)}
-    params, opt_state, m = steps.sft_update_packed(params, opt_state, batch, micro_rows)
+    with run.compiles.phase("update"):
+        params, opt_state, m = steps.sft_update_packed(params, opt_state, batch, micro_rows)
     metrics = {k: float(v) for k, v in m.items()}
     seconds = time.perf_counter() - start
     useful = float(run.all_rows(np.array([packed.useful_tokens])).sum())

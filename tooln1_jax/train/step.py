@@ -122,7 +122,7 @@ def _mini_batch_denominator(agg: str, mask: jax.Array) -> jax.Array:
     return jnp.maximum(grpo.loss_denominator(mask, agg), 1.0)
 
 
-def _micro_denominator(agg: str, mini_batch_den: jax.Array, micro_mask: jax.Array, n_micro: int) -> jax.Array:
+def _micro_denominator(agg: str, mini_batch_den: jax.Array, micro_mask: jax.Array, n_micro) -> jax.Array:
     """The denominator of one micro-batch's loss: the mini-batch's (the update is one pass over the mini-batch),
     or for "token-mean-per-micro" (verl 0.2) the micro-batch's own token count times the number of micro-batches."""
     if agg != grpo.PER_MICRO:
@@ -211,7 +211,9 @@ def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, 
     `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
     g = settings.grpo
     den = _mini_batch_denominator(g.loss_agg, _flat(batch["response_mask"]))
-    n_micro = batch["tokens"].shape[0] // settings.micro_batch_size
+    # micro-batches that hold reply tokens: the rows that pad a batch to its shape bucket may fill whole ones
+    micro_masks = _split_micro(batch["response_mask"], settings.micro_batch_size, None)
+    n_micro = jnp.maximum(jnp.sum(jnp.any(micro_masks > 0, axis=(1, 2, 3))), 1)
     with_entropy = g.entropy_coef != 0.0 or log_entropy
 
     def loss_fn(p, mb):

@@ -5,7 +5,10 @@ per mini-batch. Each step is a short sequence of named calls; the math lives in 
 The training passes use the prefix-shared packed layout (`train.layout: packed`, `packing.py`): each prompt once,
 then its G replies. The first mini-batch of a step takes its old log-probs from the update's own forward
 (stop-gradient: nothing has changed the policy since it sampled) instead of a separate pass; the entropy is
-computed only on steps that are logged.
+computed only on steps that are logged. Packed shapes are bucketed (`packing`, `shapes.ladder`), so the update
+and log-prob passes compile a handful of programs however reply lengths vary; `compiles/rollout`,
+`compiles/logprobs`, `compiles/update` and `compiles/total` count each step's compilations (`compiles/loaded`: the
+programs the persistent compilation cache gave instead).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class GRPOTrainer(TrainingRun):
     progress_keys = ("reward/mean", "kl")
     plot_keys = ("reward/mean", "kl")
     plot_file = "reward.png"
+    compile_phases = ("rollout", "logprobs", "update", "total")
 
     def __init__(self, cfg, *, reward_fn: RewardFn | None = None, **kwargs):
         self._reward_fn = reward_fn
@@ -193,12 +197,14 @@ class GRPOTrainer(TrainingRun):
         log_entropy = self.logged_next()
         batches, self.layout_stats = [], {"computed": 0, "useful": 0}
         reference = self.reference_params()
-        width = parallel.global_max(sampler.bucket(max(1, max(map(len, generated_ids))), 16))
+        width = parallel.global_max(packing.reply_width_for(max(1, max(map(len, generated_ids))), r.max_new_tokens))
+        longest_group = self.cfg.data.max_prompt_tokens + g * r.max_new_tokens  # the worst case: caps row lengths
         for start in range(0, len(records), per):
             recs = records[start:start + per]
             replies = [generated_ids[(start + i) * g:(start + i + 1) * g] for i in range(len(recs))]
             packed = packing.pack_groups([rec["prompt_ids"] for rec in recs], replies, budget=t.pack_tokens,
-                                         rows_multiple=self.micro_rows() // hosts, reply_width=width)
+                                         rows_multiple=self.micro_rows() // hosts, reply_width=width,
+                                         max_length=longest_group)
             packed = packed.pad_to(*(parallel.global_max(n) for n in packed.shape))
             self.layout_stats["computed"] += packed.computed_tokens * hosts
             self.layout_stats["useful"] += int(self.all_rows(np.array([packed.useful_tokens])).sum())
@@ -206,13 +212,14 @@ class GRPOTrainer(TrainingRun):
             local = {k: getattr(packed, k) for k in PACKED_KEYS + ("response_mask",)}
             batch = {k: self.global_batch(v) for k, v in {**local, "advantages": adv}.items()}
             kwargs = {"micro_rows": self.micro_rows(), "temperature": r.temperature}
-            if start > 0:
-                batch["old_logp"], entropy = self.steps.packed_logprobs(self.params, batch, with_entropy=log_entropy,
-                                                                        **kwargs)
-                if log_entropy:
-                    batch["entropy"] = entropy
-            if reference is not None:
-                batch["ref_logp"], _ = self.steps.packed_logprobs(reference, batch, **kwargs)
+            with self.compiles.phase("logprobs"):
+                if start > 0:
+                    batch["old_logp"], entropy = self.steps.packed_logprobs(self.params, batch,
+                                                                            with_entropy=log_entropy, **kwargs)
+                    if log_entropy:
+                        batch["entropy"] = entropy
+                if reference is not None:
+                    batch["ref_logp"], _ = self.steps.packed_logprobs(reference, batch, **kwargs)
             batches.append(batch)
         self.layout_stats["real"] = self.layout_stats["useful"]
         return batches
@@ -233,10 +240,11 @@ class GRPOTrainer(TrainingRun):
             batch = {k: self.global_batch(v) for k, v in batch.items()}
             pass_args = (batch["tokens"], batch["attention_mask"], packed.prompt_width)
             pass_kwargs = {"micro_batch_size": self.cfg.train.micro_batch_size, "temperature": temperature}
-            batch["old_logp"], batch["entropy"] = self.steps.logprobs(self.params, *pass_args, with_entropy=True,
-                                                                      **pass_kwargs)
-            if reference is not None:
-                batch["ref_logp"], _ = self.steps.logprobs(reference, *pass_args, **pass_kwargs)
+            with self.compiles.phase("logprobs"):
+                batch["old_logp"], batch["entropy"] = self.steps.logprobs(self.params, *pass_args,
+                                                                          with_entropy=True, **pass_kwargs)
+                if reference is not None:
+                    batch["ref_logp"], _ = self.steps.logprobs(reference, *pass_args, **pass_kwargs)
             batches.append(batch)
         computed = packed.tokens.size * jax.process_count()
         useful = sum(len(rec["prompt_ids"]) for rec in records) + sum(map(len, generated_ids))
@@ -250,8 +258,9 @@ class GRPOTrainer(TrainingRun):
         metrics = []
         for batch in batches:
             entropy, mask = batch.pop("entropy"), batch["response_mask"]
-            self.params, self.opt_state, m = self.steps.grpo_update(self.params, self.opt_state, batch, prompt_width,
-                                                                   self.settings)
+            with self.compiles.phase("update"):
+                self.params, self.opt_state, m = self.steps.grpo_update(self.params, self.opt_state, batch,
+                                                                       prompt_width, self.settings)
             m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # of the sampling policy
             metrics.append(m)
         return jax.device_get(metrics)
@@ -262,8 +271,9 @@ class GRPOTrainer(TrainingRun):
         for batch in batches:
             entropy = batch.pop("entropy", None)
             own_entropy = log_entropy and "old_logp" not in batch
-            self.params, self.opt_state, m = self.steps.grpo_update_packed(
-                self.params, self.opt_state, batch, self.packed_settings, log_entropy=own_entropy)
+            with self.compiles.phase("update"):
+                self.params, self.opt_state, m = self.steps.grpo_update_packed(
+                    self.params, self.opt_state, batch, self.packed_settings, log_entropy=own_entropy)
             mask = batch["response_mask"]
             if own_entropy:  # the update's forward is the sampling policy's
                 m["entropy"] = m.pop("entropy_sum") / jnp.maximum(m["num_tokens"], 1.0)
@@ -279,7 +289,8 @@ class GRPOTrainer(TrainingRun):
         records = [global_records[i] for i in positions]
         start = time.perf_counter()
         engine_before = dict(sampler.STATS)
-        rollout = self.rollout(records, positions)
+        with self.compiles.phase("rollout"):
+            rollout = self.rollout(records, positions)
         rollout_seconds = time.perf_counter() - start
         self.engine_stats = {k: sampler.STATS[k] - engine_before[k] for k in engine_before}
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
