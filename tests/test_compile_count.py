@@ -65,7 +65,7 @@ def test_twenty_grpo_steps_with_varied_reply_lengths_compile_at_most_three_updat
     """Replies end at any of 4 stop tokens of a 64-token vocabulary (about 1 in 16 tokens) or at 100 tokens, so
     their lengths vary from step to step; the packed update and log-prob passes still compile a few programs."""
     cfg = tiny_config("train.steps=20", "train.batch_size=4", "train.mini_batch_size=4", "rollout.max_new_tokens=100",
-                      "model.num_layers=1",
+                      "model.num_layers=1", "train.pack_tokens=1024",  # a budget: rows of one length
                       "checkpoint.every=100", "train.report_to=[]", "train.compilation_cache_dir=null")
     t = trainer(cfg, tmp_path / "run")
     t.stop_ids = (5, 6, 7, 8)

@@ -115,7 +115,7 @@ class TrainConfig:
     mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
     micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
     layout: str = "packed"  # packed (prefix-shared groups, train/packing.py) | padded (one row per reply)
-    pack_tokens: int = 2048  # packed layout: row length budget (a longer group gets a row of its own length)
+    pack_tokens: int = 0  # packed layout: row length budget (a ladder rung); 0: the longest group's rung
     micro_batch_rows: int = 0  # packed rows per forward/backward pass; 0 = one per device of the batch axes
     seed: int = 0
     log_every: int = 1
