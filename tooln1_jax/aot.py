@@ -62,7 +62,8 @@ def topology_devices(name: str) -> list:
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # noqa: BLE001  libtpu's message says what it could not build
-        raise ValueError(f"--topology {name!r}: libtpu cannot describe it ({e})") from e
+        raise ValueError(f"--topology {name!r}: libtpu cannot describe it ({e}); libtpu comes with "
+                         f"pip install -e '.[tpu]' (or the dev extra)") from e
 
 
 def devices_per_chip(devices) -> int:
