@@ -1,9 +1,9 @@
-"""Shared by tests/test_packing.py in-process and in its 8-device subprocess: one GRPO update in the padded layout
-(the reference) and in the prefix-shared packed layout, on the same groups."""
+"""Shared by the packed-layout tests in-process and in their 8-device subprocess: one GRPO update in the
+prefix-shared packed layout (`StepFunctions`), and the same SGD step computed in the padded layout
+(`padded_reference`), on the same groups."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -14,6 +14,7 @@ import optax
 from tooln1_jax import parallel
 from tooln1_jax.config import GRPOConfig
 from tooln1_jax.models import qwen2
+import padded_reference
 from tooln1_jax.train import packing, sequences
 from tooln1_jax.train.step import GRPOSettings, StepFunctions
 
@@ -35,20 +36,10 @@ def params(seed: int = 0):
     return qwen2.init_params(CONFIG, jax.random.key(seed))
 
 
-def padded(prompts, replies):
-    """The padded layout of the same samples (one row per reply, group by group)."""
-    flat_prompts = [p for p, rs in zip(prompts, replies) for _ in rs]
-    return sequences.pack(flat_prompts, [r for rs in replies for r in rs])
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def _padded_logprobs(p, tokens, attention_mask, prompt_width):
-    return sequences.response_logprobs(CONFIG, p, tokens, attention_mask, prompt_width)
-
-
 def padded_logprobs(p, prompts, replies):
-    batch = padded(prompts, replies)
-    logp, _ = _padded_logprobs(p, batch.tokens, batch.attention_mask, batch.prompt_width)
+    """The reference's log-probs [replies, R] and reply mask of the groups."""
+    batch = padded_reference.pad_groups(prompts, replies)
+    logp, _ = padded_reference.response_logprobs(CONFIG, p, batch)
     return np.asarray(logp), batch.response_mask
 
 
@@ -72,28 +63,33 @@ def settings(micro: int, **grpo) -> GRPOSettings:
                         grpo=GRPOConfig(beta=0.01, **grpo))
 
 
-def updates(mesh, prompts, replies, *, micro_padded: int, budget: int, micro_rows: int, loss_agg="token-mean"):
-    """One SGD step in each layout from the same parameters: ((p0, padded params, metrics), (packed params,
-    metrics), the packed layout)."""
+def packed_update(mesh, prompts, replies, *, budget: int, micro_rows: int, loss_agg: str = "token-mean"):
+    """One SGD step of `StepFunctions.grpo_update_packed` on the groups, `micro_rows` packed rows a pass, from
+    `params()` with `sample_values`: (p0, new params, metrics, the packed layout)."""
     p0 = jax.device_put(params(), parallel.shardings(*qwen2.abstract_params(CONFIG), mesh))
     steps = StepFunctions(CONFIG, optax.sgd(LR), mesh, p0)
-    n = sum(map(len, replies))
-    ref = padded(prompts, replies)
-    adv, old, ref_logp = sample_values(n, ref.response_mask.shape[1])
+    width = padded_reference.pad_groups(prompts, replies).response_mask.shape[1]
+    adv, old, ref_logp = sample_values(sum(map(len, replies)), width)
+    packed = packing.pack_groups(prompts, replies, budget=budget, rows_multiple=micro_rows, reply_width=width)
+    batch = packed_batch(packed)
+    batch.update(advantages=packed.per_slot(adv), old_logp=packed.per_slot(old), ref_logp=packed.per_slot(ref_logp))
     put = lambda x: jax.device_put(x, parallel.batch_sharding(mesh, x.ndim))  # noqa: E731
-    batch = {"tokens": ref.tokens, "attention_mask": ref.attention_mask, "response_mask": ref.response_mask,
-             "advantages": adv, "old_logp": old, "ref_logp": ref_logp}
-    s = settings(micro_padded, loss_agg=loss_agg)
-    new_padded, _, m_padded = steps.grpo_update(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
-                                                {k: put(v) for k, v in batch.items()}, ref.prompt_width, s)
-    packed = packing.pack_groups(prompts, replies, budget=budget, rows_multiple=micro_rows,
-                                 reply_width=ref.response_mask.shape[1])
-    pb = packed_batch(packed)
-    pb.update(advantages=packed.per_slot(adv), old_logp=packed.per_slot(old), ref_logp=packed.per_slot(ref_logp))
-    s_packed = dataclasses.replace(s, micro_batch_size=micro_rows)
-    new_packed, _, m_packed = steps.grpo_update_packed(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
-                                                       {k: put(v) for k, v in pb.items()}, s_packed)
-    return (p0, new_padded, m_padded), (new_packed, m_packed), packed
+    new, _, metrics = steps.grpo_update_packed(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
+                                               {k: put(v) for k, v in batch.items()}, settings(micro_rows,
+                                                                                              loss_agg=loss_agg))
+    return p0, new, metrics, packed
+
+
+def reference_update(prompts, replies, *, loss_agg: str = "token-mean"):
+    """`packed_update`'s SGD step in the padded layout, one pass over the whole batch: (new params, metrics)."""
+    batch = padded_reference.pad_groups(prompts, replies)
+    adv, old, ref_logp = sample_values(sum(map(len, replies)), batch.response_mask.shape[1])
+    s = settings(1, loss_agg=loss_agg)
+    loss = functools.partial(padded_reference.grpo_loss, CONFIG, batch=batch, advantages=adv, old_logp=old,
+                             ref_logp=ref_logp, g=s.grpo, temperature=s.temperature, max_len=s.max_len)
+    p0 = params()
+    (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(p0)
+    return jax.tree.map(lambda p, g: p - LR * g, p0, grads), metrics
 
 
 def max_rel_diff(a, b) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import packing_cases as cases
-from tooln1_jax.models import attention, qwen2
+from tooln1_jax.models import attention, decode_attention, qwen2
 from tooln1_jax.train import packing
 
 
@@ -110,3 +110,17 @@ def test_cudnn_is_refused_when_the_model_is_built():
         attention.resolve("cudnn")
     with pytest.raises(ValueError, match="model.attention 'cudnn'.*blockwise"):
         cases.CONFIG.replace(attention="cudnn")
+
+
+def test_kv_cache_attention_equals_the_reference_on_a_causal_row():
+    """The rollout's attention (keys/values written at their positions in a [B, KV, C, D] cache, entries [0, width)
+    read) against the packed reference on plain causal rows."""
+    rng = np.random.default_rng(5)
+    b, t, capacity = 2, 9, 16
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, h, 8)), jnp.float32) for h in (6, 3, 3))
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    empty = jnp.zeros((b, 3, capacity, 8), jnp.float32)
+    ck, cv = decode_attention.write(empty, k, positions), decode_attention.write(empty, v, positions)
+    ours = decode_attention.attend(q, ck, cv, positions, width=12)
+    ones = jnp.ones((b, t), jnp.int32)
+    np.testing.assert_allclose(ours, attention.reference(q, k, v, ones, 0 * ones), rtol=1e-6, atol=1e-6)

@@ -16,9 +16,8 @@ from tooln1_jax import assets, cli
 
 GGUF = Path(os.environ.get("TOOLN1_GGUF", Path.home() / ".cache/tooln1/qwen2.5-coder-0.5b-instruct.gguf"))
 REPO = Path(__file__).resolve().parent.parent
-SHRINK_SFT = ["train.steps=2", "train.batch_size=2", "train.mini_batch_size=2", "train.micro_batch_size=2",
-              "checkpoint.every=1"]
-SHRINK_GRPO = ["train.steps=2", "train.batch_size=2", "train.mini_batch_size=2", "train.micro_batch_size=2",
+SHRINK_SFT = ["train.steps=2", "train.batch_size=2", "train.mini_batch_size=2", "checkpoint.every=1"]
+SHRINK_GRPO = ["train.steps=2", "train.batch_size=2", "train.mini_batch_size=2",
                "rollout.num_generations=2", "rollout.max_new_tokens=8", "checkpoint.every=1", "train.sample_every=0"]
 
 
@@ -45,12 +44,12 @@ def _chain_args(model, out, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    from tooln1_jax import assets, parallel
     from tooln1_jax import config as config_lib
-    from tooln1_jax import parallel
     from tooln1_jax.models import weights
     from tooln1_jax.train import run
 
-    cfg = config_lib.load(None, [])  # the demo's tiny shape, random
+    cfg = config_lib.load(assets.DEMO_CONFIG)  # the demo's tiny shape, random
     model_config = run.build_config(cfg)
     params = run.build_params(cfg, model_config, parallel.single_device_mesh())
     out = tmp_path_factory.mktemp("tiny_hf")

@@ -1,6 +1,8 @@
-"""The shipped run configs: every file loads and validates; demo.yaml is the defaults; the Qwen2.5 GRPO configs carry
-the Tool-N1 reference hyperparameters (docs/DESIGN.md, "Numerics and semantics"); and every config's batches divide
-the meshes its header documents, on the TPU slice and with the 8-GPU overrides it prints."""
+"""The shipped run configs: every file loads and validates; the defaults are the Tool-N1 reference recipe and
+demo.yaml spells the CPU demo out in full; `tooln1 train` runs the demo only with no --config and no --set; the
+Qwen2.5 GRPO configs carry the reference hyperparameters (docs/DESIGN.md, "Numerics and semantics"); every config's
+batches divide the meshes its header documents, on the TPU slice and with the 8-GPU overrides it prints; choice
+lists are their owners'; an explicit train.steps wins over data.num_epochs."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tooln1_jax import config
+from tooln1_jax import assets, config
 from tooln1_jax.models import presets
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -85,9 +87,8 @@ def batch_devices(mesh: config.MeshConfig, devices: int) -> int:
 
 def assert_batches_divide(cfg: config.RunConfig, devices: int, sequences_per_update: int, where: str):
     rows = batch_devices(cfg.mesh, devices)
-    assert cfg.train.micro_batch_size % rows == 0, f"{where}: micro_batch_size over {rows} batch devices"
+    assert cfg.train.micro_batch_rows % rows == 0, f"{where}: micro_batch_rows over {rows} batch devices"
     assert sequences_per_update % rows == 0, f"{where}: {sequences_per_update} sequences over {rows} devices"
-    assert sequences_per_update % cfg.train.micro_batch_size == 0, f"{where}: micro-batches do not tile an update"
 
 
 def assert_tensor_divides_the_model(cfg: config.RunConfig, tag: str):
@@ -105,19 +106,160 @@ def test_the_expected_files_are_there():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_loads_and_validates(path):
-    cfg = config.load(path)
-    assert isinstance(cfg, config.RunConfig)
-
-
-def test_demo_yaml_spells_out_the_defaults():
-    assert config.load(CONFIGS / "demo.yaml") == config.RunConfig()
-    # and it spells them all out, rather than leaning on them
     import yaml
 
-    written = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    assert set(written) == set(config.RunConfig().to_dict())
-    for section, values in config.RunConfig().to_dict().items():
+    model = yaml.safe_load(path.read_text())["model"]
+    set_by_chain = not any(model.get(key) for key in ("path", "preset", "hidden_size"))  # the chain stages' configs
+    cfg = config.load(path, ["model.path=/the/chain/sets/it"] if set_by_chain else [])
+    assert isinstance(cfg, config.RunConfig)
+    if set_by_chain:  # without it no model is named: refused, not a tiny default shape
+        with pytest.raises(config.ConfigError, match="no model"):
+            config.load(path)
+
+
+def test_demo_yaml_is_the_shipped_demo_and_spells_out_every_value():
+    assert (CONFIGS / "demo.yaml").resolve() == assets.DEMO_CONFIG.resolve()
+    import yaml
+
+    written = yaml.safe_load(assets.DEMO_CONFIG.read_text())
+    defaults = config.RunConfig().to_dict()
+    assert set(written) == set(defaults)
+    for section, values in defaults.items():
         assert set(written[section]) == set(values), section
+
+
+# keys of the 7B recipe file that depend on the model's size or the machine, not on the recipe
+SIZE_SPECIFIC = {"model", "mesh", "rollout.prompts_per_call", "train.run_dir", "train.micro_batch_rows"}
+
+
+def test_the_defaults_are_the_reference_recipe_the_7b_config_states():
+    import yaml
+
+    defaults = config.RunConfig()
+    for section, values in yaml.safe_load(grpo_path("7b").read_text()).items():
+        for key, value in values.items():
+            if section in SIZE_SPECIFIC or f"{section}.{key}" in SIZE_SPECIFIC:
+                continue
+            default = getattr(getattr(defaults, section), key)
+            assert default == (tuple(value) if isinstance(default, tuple) and isinstance(value, list) else
+                               (value,) if isinstance(default, tuple) else value), f"{section}.{key}"
+    for (section, key), expected in REFERENCE.items():
+        assert getattr(getattr(defaults, section), key) == expected, f"{section}.{key}"
+    assert defaults.model.path is None and defaults.model.hidden_size is None  # no model, no size
+
+
+class _Recorded(Exception):
+    pass
+
+
+@pytest.fixture
+def trainer_config(monkeypatch):
+    """What config `tooln1 train` / `tooln1 sft` would train with: the trainers are replaced by a recorder."""
+    from tooln1_jax.train import sft, trainer
+
+    seen = []
+
+    def record(cfg, resume=False):
+        seen.append(cfg)
+        raise _Recorded
+
+    monkeypatch.setattr(trainer, "GRPOTrainer", record)
+    monkeypatch.setattr(sft, "SFTTrainer", record)
+
+    def run(*argv):
+        from tooln1_jax import cli
+
+        with pytest.raises(_Recorded):
+            cli.main(list(argv))
+        return seen.pop()
+
+    return run
+
+
+@pytest.mark.parametrize("command, run_dir", [("train", "runs/demo"), ("sft", "runs/demo_sft")])
+def test_no_config_and_no_set_runs_the_demo_and_says_so_first(trainer_config, capsys, command, run_dir):
+    cfg = trainer_config(command)
+    demo = config.load(assets.DEMO_CONFIG)
+    assert cfg == demo.replace(train=dataclasses.replace(demo.train, run_dir=run_dir))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"tooln1 {command}: no --config or --set given: the CPU demo (configs/demo.yaml")
+
+
+def test_a_model_without_a_config_trains_with_the_reference_defaults_never_the_demo(trainer_config, capsys):
+    cfg = trainer_config("train", "--set", "model.path=/models/Qwen2.5-7B-Instruct")
+    reference, demo = config.RunConfig().to_dict(), config.load(assets.DEMO_CONFIG).to_dict()
+    got = cfg.to_dict()
+    assert got["model"].pop("path") == "/models/Qwen2.5-7B-Instruct" and reference["model"].pop("path") is None
+    assert got == reference
+    demo_only = [f"{s}.{k}" for s in demo for k in demo[s] if demo[s][k] != reference[s].get(k, demo[s][k])]
+    assert {"optim.lr", "rollout.max_new_tokens", "sft.warm_start_steps", "data.train"} <= set(demo_only)
+    assert "CPU demo" not in capsys.readouterr().out
+
+
+def test_set_without_a_model_or_config_is_refused_naming_the_model_keys(capsys):
+    from tooln1_jax import cli
+
+    assert cli.main(["train", "--set", "train.steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "no model" in err and "model.path" in err and "model.preset" in err and "configs/demo.yaml" in err
+
+
+def test_an_explicit_step_count_wins_over_epochs_and_one_of_them_is_needed():
+    demo = assets.DEMO_CONFIG
+    both = config.load(demo, ["train.steps=5", "data.num_epochs=3"])
+    assert (both.train.steps, both.data.num_epochs) == (5, 3)  # kept as given; the run uses 5 (tests/test_run_log.py)
+    assert config.RunConfig().train.steps is None and config.RunConfig().data.num_epochs == 7
+    with pytest.raises(config.ConfigError, match=re.escape("train.steps and data.num_epochs are both null")):
+        config.load(demo, ["train.steps=null", "data.num_epochs=null"])
+
+
+def test_each_choice_list_is_its_owners():
+    from tooln1_jax.models import attention, head, qwen2
+    from tooln1_jax.rewards import plugins
+    from tooln1_jax.train import grpo, step
+
+    owners = {"grpo.kl_type": set(grpo.KL_ESTIMATORS), "grpo.loss_agg": set(grpo.AGG_MODES),
+              "optim.schedule": set(step.SCHEDULES), "model.dtype": {"auto", *qwen2.DTYPES},
+              "model.param_dtype": set(qwen2.DTYPES), "rollout.inference_dtype": {"", *qwen2.DTYPES},
+              "model.remat": set(qwen2.REMAT_POLICIES), "model.attention": set(attention.IMPLEMENTATIONS),
+              "model.head": set(head.IMPLEMENTATIONS), "model.lora_targets": set(qwen2.LORA_TARGETS),
+              "grpo.reward": set(plugins.BUILTINS)}
+    choices = config.choices()
+    for key, allowed in owners.items():
+        assert set(choices[key]) == allowed, key
+    assert config.ModelConfig().lora_targets == qwen2.LORA_TARGETS
+    # what the owners accept, the config accepts: verl's KL aliases, float16 compute
+    for override in ("grpo.kl_type=k3", "grpo.kl_type=k1", "model.dtype=float16", "model.param_dtype=float16"):
+        config.load(assets.DEMO_CONFIG, [override])
+    with pytest.raises(config.ConfigError, match="grpo.kl_type must be one of .*k3.*; got 'k9'"):
+        config.load(assets.DEMO_CONFIG, ["grpo.kl_type=k9"])
+
+
+def _imports(module_file: Path) -> set[str]:
+    """Every module a source file imports, at its top or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_layering_lower_modules_do_not_import_higher_ones():
+    package = Path(config.__file__).parent
+    assert not {m for m in _imports(package / "paths.py") if m.startswith("tooln1_jax.files")}
+    assert "tooln1_jax.paths" in _imports(package / "files.py")  # files builds on paths, not the reverse
+    assert not {m for m in _imports(package / "models" / "weights.py") if m.startswith("tooln1_jax.assets")}
+    import subprocess
+    import sys
+
+    code = ("import sys, tooln1_jax.config; "
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith('tooln1_jax.rewards')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out  # importing the config brings neither jax nor the reward package
 
 
 @pytest.mark.parametrize("tag", SIZES)
@@ -210,7 +352,7 @@ def test_the_cli_exits_2_before_loading_anything(override, tmp_path, capsys, mon
 
 
 def test_edges_of_the_ranges_are_allowed():
-    config.load(None, ["train.log_every=1", "checkpoint.keep=1", "optim.b1=0", "grpo.beta=0", "rollout.top_p=1",
+    config.load(assets.DEMO_CONFIG, ["train.log_every=1", "checkpoint.keep=1", "optim.b1=0", "grpo.beta=0", "rollout.top_p=1",
                        "rollout.top_k=0", "train.eval_size=0", "train.reward_workers=0", "grpo.dual_clip=1.5",
                        "grpo.entropy_coef=-0.1", "mesh.data=-1", "data.num_epochs=null"])
 

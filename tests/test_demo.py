@@ -14,7 +14,8 @@ import yaml
 
 from conftest import REPO
 from tooln1_jax.bench import demo as demo_bench
-from tooln1_jax.config import RunConfig
+from tooln1_jax import assets
+from tooln1_jax import config as config_lib
 from tooln1_jax.train import metrics as metrics_lib
 
 
@@ -39,7 +40,7 @@ def demo_run(tmp_path_factory):
 def test_train_demo_leaves_a_complete_run_directory(demo_run):
     run_dir, result, seconds = demo_run
     assert seconds < 600, f"the demo took {seconds:.0f} s"
-    defaults = RunConfig()
+    defaults = config_lib.load(assets.DEMO_CONFIG)
     steps, warm, every = defaults.train.steps, defaults.sft.warm_start_steps, defaults.train.eval_every
     config, expected = yaml.safe_load((run_dir / "config.yaml").read_text()), defaults.to_dict()
     assert config["train"].pop("run_dir") == str(run_dir) and expected["train"].pop("run_dir") == "runs/demo"
@@ -59,6 +60,7 @@ def test_train_demo_leaves_a_complete_run_directory(demo_run):
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and all({"step", "id", "reward", "reply"} <= set(s) for s in samples)
     assert "done:" in result.stdout and "warm start: " in result.stderr
+    assert result.stdout.startswith("tooln1 train: no --config or --set given: the CPU demo")
 
 
 @pytest.mark.slow
@@ -104,7 +106,8 @@ def test_eval_reads_the_run_directory(demo_run, tmp_path):
 
 def test_sft_demo(tmp_path):
     run_dir = tmp_path / "sft"
-    _, seconds = _tooln1("sft", "--run-dir", str(run_dir), "--set", "train.steps=3", "--set", "train.eval_every=0")
+    _, seconds = _tooln1("sft", "--config", "configs/demo.yaml", "--run-dir", str(run_dir), "--set", "train.steps=3",
+                         "--set", "train.eval_every=0")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
     assert metrics[0]["loss"] == pytest.approx(np.log(151936), rel=0.05)  # a random model starts near uniform

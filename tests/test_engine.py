@@ -139,7 +139,6 @@ def test_budget_exhaustion_per_sample(loaded):
     config, params = loaded
     limits = np.array([1, 7, 3, 12, 2, 5], np.int32)
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[3]]
-    before = dict(engine.STATS)
     out = engine.run(config, inference.prepare(config, params), prompts, num_samples=2, limits=limits,
                      sampling=sampling.Sampling(temperature=1.0), stop_ids=(), rng=jax.random.key(0),
                      mesh=inference.mesh_of(params), sample_ids=np.arange(6, dtype=np.uint32), num_slots=2,
@@ -147,20 +146,18 @@ def test_budget_exhaustion_per_sample(loaded):
     np.testing.assert_array_equal(out.lengths, limits)
     assert list(out.finish_reason) == ["length"] * 6
     assert ((out.tokens != 0).sum(1) <= limits).all() and (out.logprobs[np.arange(12) >= limits[:, None]] == 0).all()
-    useful = engine.STATS["useful_tokens"] - before["useful_tokens"]
-    slot_steps = engine.STATS["slot_steps"] - before["slot_steps"]
-    assert useful == limits.sum() and slot_steps == 2 * (engine.STATS["decode_steps"] - before["decode_steps"])
-    assert slot_steps < 2 * limits.sum()  # refilled slots: far from one sample's budget per slot at a time
+    stats = out.stats
+    assert stats.useful_tokens == limits.sum() and stats.slot_steps == 2 * stats.decode_steps
+    assert stats.slot_steps < 2 * limits.sum()  # refilled slots: far from one sample's budget per slot at a time
 
 
 def test_empty_queue_does_nothing(loaded):
     config, params = loaded
-    before = dict(engine.STATS)
     out = engine.run(config, inference.prepare(config, params), [], num_samples=3, limits=np.zeros(0, np.int32),
                      sampling=sampling.Sampling(), stop_ids=(1,), rng=jax.random.key(0),
                      mesh=inference.mesh_of(params), sample_ids=np.zeros(0, np.uint32))
     assert out.tokens.shape[0] == 0 and out.lengths.shape == (0,) and out.finish_reason.shape == (0,)
-    assert engine.STATS == before
+    assert out.stats == engine.RolloutStats()
 
 
 def test_bad_input_names_what_is_wrong(loaded):
@@ -210,10 +207,10 @@ def test_compiled_decode_copies_no_cache_and_no_weight(loaded):
     decode = engine._decode_program(config, sampling.Sampling(1.0), (1,), inference.mesh_of(params), treedef,
                                     shardings, slots, capacity, 32, 4)
     caches = kv_cache.allocate(config, slots, capacity, w.dtype)
-    state = {"token": np.ones(slots, np.int32), "pos": np.arange(slots, dtype=np.int32),
-             "step": np.zeros(slots, np.int32), "sample_id": np.arange(slots, dtype=np.uint32),
-             "live": np.ones(slots, bool), "limit": np.full(slots, 8, np.int32)}
-    hlo = decode.lower(w, caches, state, jax.random.key(0), jnp.bool_(False)).compile().as_text()
+    state = engine.SlotState(token=np.ones(slots, np.int32), pos=np.arange(slots, dtype=np.int32),
+                             step=np.zeros(slots, np.int32), sample_id=np.arange(slots, dtype=np.uint32),
+                             live=np.ones(slots, bool), limit=np.full(slots, 8, np.int32))
+    hlo = decode.lower(w, caches, state, jax.random.key(0), jnp.bool_(False), jnp.int32(-1)).compile().as_text()
     big = {(slots, config.num_key_value_heads, capacity, config.head_dim)}
     big |= {tuple(x.shape) for x in jax.tree.leaves(w) if x.size >= 64 * 64}
     moved = [tuple(int(d) for d in dims.split(",")) for dims in

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tooln1_jax.models import head, qwen2
-from tooln1_jax.train import sequences
+from tooln1_jax.train import packing, sequences
+from tooln1_jax.train.step import PACKED_KEYS
 
 
 def _dense(h, w, targets):
@@ -57,20 +58,23 @@ def test_repeated_targets_accumulate_their_gradient_rows(with_entropy):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_training_logprobs_tiled_equal_chunked(tied):
-    """`sequences.response_logprobs` with either head, through a random Qwen2 (tied or untied head), at a
+    """`sequences.packed_logprobs` with either head, through a random Qwen2 (tied or untied head), at a
     temperature, with entropies: values and the gradient of every parameter."""
     base = qwen2.Qwen2Config(vocab_size=777, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
     params = qwen2.init_params(base, jax.random.key(1))
-    tokens = jax.random.randint(jax.random.key(2), (3, 20), 0, 777)
-    mask = jnp.ones(tokens.shape, bool).at[0, :4].set(False)
+    rng = np.random.default_rng(2)
+    tokens = lambda n: rng.integers(0, 777, n).tolist()  # noqa: E731
+    packed = packing.pack_groups([tokens(12), tokens(8)], [[tokens(8), tokens(3)], [tokens(5)]])
+    batch = {k: jnp.asarray(getattr(packed, k)) for k in PACKED_KEYS}
+    mask = jnp.asarray(packed.response_mask)
 
     def run(name):
         config = base.replace(head=name)
 
         def loss(p):
-            logp, entropy = sequences.response_logprobs(config, p, tokens, mask, 12, temperature=0.7,
-                                                        with_entropy=True)
+            logp, entropy = sequences.packed_logprobs(config, p, batch, temperature=0.7, with_entropy=True)
+            logp, entropy = logp * mask, entropy * mask  # padding slots hold finite garbage
             return jnp.sum(logp) - 0.1 * jnp.sum(entropy), (logp, entropy)
 
         return jax.grad(loss, has_aux=True)(params)

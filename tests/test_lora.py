@@ -8,7 +8,7 @@ import torch
 
 import train_helpers
 from conftest import assert_logits_close, hf_logits, tiny_hf_model
-from tooln1_jax import checkpoint, config as config_lib, parallel
+from tooln1_jax import assets, checkpoint, config as config_lib, parallel
 from tooln1_jax.models import lora, qwen2, weights
 from tooln1_jax.rollout import sampler
 
@@ -90,11 +90,11 @@ def test_targets_choose_the_adapted_projections():
 @pytest.mark.parametrize("override", ["model.lora_targets=[wq]", "optim.token_rows=[<tool_call>]"])
 def test_bad_lora_settings_are_config_errors(override):
     with pytest.raises(config_lib.ConfigError, match="lora_targets|token_rows"):
-        config_lib.load(None, ["model.lora_rank=4", override])
+        config_lib.load(assets.DEMO_CONFIG, ["model.lora_rank=4", override])
 
 
 def test_the_run_config_offers_the_projections_the_model_has():
-    assert config_lib.ModelConfig.lora_targets == qwen2.LORA_TARGETS
+    assert config_lib.ModelConfig().lora_targets == qwen2.LORA_TARGETS
 
 
 def _leaves(tree):
@@ -158,7 +158,7 @@ def test_sft_trains_only_adapters(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sampler, "DEFAULT_STOP_IDS", (7,))  # inside the 64-token vocabulary
     cfg = train_helpers.tiny_config("model.lora_rank=2", "model.lora_targets=[q_proj, v_proj]", "train.steps=3",
-                                    "train.batch_size=8", "train.mini_batch_size=8", "train.micro_batch_size=8",
+                                    "train.batch_size=8", "train.mini_batch_size=8",
                                     "optim.lr=0.05")  # every step the same 8 records: the losses compare
     run = SFTTrainer(cfg, run_dir=tmp_path / "sft", train_records=train_helpers.synthetic_records(8),
                      eval_records=[], tokenizer=ByteTokenizer())

@@ -1,66 +1,27 @@
 """grpo.loss_agg "token-mean-per-micro" (verl 0.2, the Tool-N1 release): the update is the mean over micro-batches of
-each micro-batch's token-mean loss; with one micro-batch it is "token-mean"."""
+each micro-batch's token-mean loss (a micro-batch: `train.micro_batch_rows` packed rows); with one micro-batch it is
+"token-mean"."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 
-from packing_cases import (CONFIG, LR, groups, max_rel_diff, packed_batch, padded, params, sample_values, settings,
-                           updates)
+from packing_cases import CONFIG, LR, groups, max_rel_diff, packed_batch, packed_update, sample_values, settings
 from tooln1_jax import parallel
 from tooln1_jax.train import grpo, sequences
-from tooln1_jax.train.step import StepFunctions
 
 
 def sgd_grad(p0, new):
     return jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / LR, p0, new)
 
 
-@pytest.mark.slow
-def test_per_micro_batch_weighting_is_the_mean_of_micro_batch_token_means():
-    mesh = parallel.single_device_mesh()
-    prompts, replies = groups(seed=3, n=3, g=2)  # 6 replies of ragged lengths
-    batch = padded(prompts, replies)
-    adv, old, ref = sample_values(6, batch.response_mask.shape[1])
-    p0 = params()
-    steps = StepFunctions(CONFIG, optax.sgd(LR), mesh, p0)
-    data = {"tokens": batch.tokens, "attention_mask": batch.attention_mask, "response_mask": batch.response_mask,
-            "advantages": adv, "old_logp": old, "ref_logp": ref}
-    grads = {}
-    for agg in ("token-mean-per-micro", "token-mean"):
-        s = settings(2, loss_agg=agg)  # 3 micro-batches of 2 rows
-        new, _, _ = steps.grpo_update(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
-                                      {k: jnp.asarray(v) for k, v in data.items()}, batch.prompt_width, s)
-        grads[agg] = sgd_grad(p0, new)
-    g = settings(2).grpo
-    micro_rows = [[i, i + 3] for i in range(3)]  # row j of micro-batch i is row j * 3 + i
-    assert len({int(batch.response_mask[rows].sum()) for rows in micro_rows}) > 1  # unequal token counts
-
-    def reference(p):  # written out: verl 0.2's loss / gradient_accumulation, summed over micro-batches
-        total = 0.0
-        for rows in micro_rows:
-            logp, _ = sequences.response_logprobs(CONFIG, p, batch.tokens[rows], batch.attention_mask[rows],
-                                                  batch.prompt_width, temperature=0.7)
-            loss, _ = grpo.policy_loss(logp, old[rows], ref[rows], adv[rows], batch.response_mask[rows],
-                                       clip_eps=g.epsilon, kl_coef=g.beta, kl_type=g.kl_type, agg="token-mean")
-            total += loss / len(micro_rows)
-        return total
-
-    expected = jax.grad(reference)(p0)
-    assert max_rel_diff(grads["token-mean-per-micro"], expected) < 1e-4
-    assert max_rel_diff(grads["token-mean"], expected) > 1e-2  # the two weightings do differ here
-
-
 def test_one_micro_batch_per_micro_equals_token_mean_in_the_packed_layout():
     mesh = parallel.single_device_mesh()
     prompts, replies = groups(seed=4, n=2, g=3)
-    (p0, _, _), (token_mean, _), packed = updates(mesh, prompts, replies, micro_padded=6, budget=4096, micro_rows=1)
-    (_, _, _), (per_micro, _), _ = updates(mesh, prompts, replies, micro_padded=6, budget=4096, micro_rows=1,
-                                           loss_agg="token-mean-per-micro")
+    p0, token_mean, _, packed = packed_update(mesh, prompts, replies, budget=4096, micro_rows=1)
+    _, per_micro, _, _ = packed_update(mesh, prompts, replies, budget=4096, micro_rows=1,
+                                       loss_agg="token-mean-per-micro")
     assert packed.tokens.shape[0] == 1  # everything in one row: one micro-batch
     assert max_rel_diff(sgd_grad(p0, per_micro), sgd_grad(p0, token_mean)) < 1e-5
 
@@ -70,9 +31,9 @@ def test_per_micro_batch_weighting_in_the_packed_layout_is_the_mean_of_row_token
     written out here from the packed log-probs of each row alone."""
     mesh = parallel.single_device_mesh()
     prompts, replies = groups(seed=5, n=6, g=3)
-    (p0, _, _), (per_micro, _), packed = updates(mesh, prompts, replies, micro_padded=6, budget=160,
-                                                 micro_rows=1, loss_agg="token-mean-per-micro")
-    (_, _, _), (token_mean, _), _ = updates(mesh, prompts, replies, micro_padded=6, budget=160, micro_rows=1)
+    p0, per_micro, _, packed = packed_update(mesh, prompts, replies, budget=160, micro_rows=1,
+                                             loss_agg="token-mean-per-micro")
+    _, token_mean, _, _ = packed_update(mesh, prompts, replies, budget=160, micro_rows=1)
     rows = packed.tokens.shape[0]
     mask = np.asarray(packed.response_mask)
     assert rows >= 2 and len({int(mask[r].sum()) for r in range(rows)}) > 1  # several rows, unequal token counts

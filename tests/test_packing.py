@@ -1,6 +1,5 @@
-"""The prefix-shared packed layout against the padded one: the same log-probs, losses, gradients and updates."""
-
-import dataclasses
+"""The prefix-shared packed layout against the padded reference (tests/padded_reference.py): the same log-probs,
+losses, gradients and updates, whatever the number of packed rows a pass."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import optax
 import pytest
 
 import packing_cases as cases
+import padded_reference
 from conftest import run_on_fake_devices
 from tooln1_jax import parallel
 from tooln1_jax.train import grpo, packing, sequences
@@ -100,13 +100,13 @@ def test_a_row_holding_one_long_group():
 def test_loss_and_gradients_equal_padded(agg):
     prompts, replies = cases.groups(7, n=4, g=5)
     p = cases.params()
-    ref = cases.padded(prompts, replies)
+    ref = padded_reference.pad_groups(prompts, replies)
     adv, old, ref_logp = cases.sample_values(20, ref.response_mask.shape[1])
     packed = packing.pack_groups(prompts, replies, budget=512, reply_width=ref.response_mask.shape[1])
     kw = dict(clip_eps=0.2, kl_coef=0.01, agg=agg, max_len=32)
 
     def padded_loss(params):
-        logp, _ = sequences.response_logprobs(cases.CONFIG, params, ref.tokens, ref.attention_mask, ref.prompt_width)
+        logp, _ = padded_reference.response_logprobs(cases.CONFIG, params, ref)
         return grpo.policy_loss(logp, old, ref_logp, adv, ref.response_mask, **kw)[0]
 
     def packed_loss(params):
@@ -128,12 +128,41 @@ def _deltas(new, p0):
 def test_update_with_micro_batches_equals_padded():
     prompts, replies = cases.groups(11, n=6, g=4)
     mesh = parallel.make_mesh({"data": 1})
-    (p0, padded, m0), (packed, m1), layout = cases.updates(mesh, prompts, replies, micro_padded=8, budget=256,
-                                                           micro_rows=1)
+    p0, packed, m1, layout = cases.packed_update(mesh, prompts, replies, budget=256, micro_rows=1)
+    padded, m0 = cases.reference_update(prompts, replies)
     assert layout.tokens.shape[0] > 1  # several micro-batches of packed rows
     assert cases.max_rel_diff(_deltas(packed, p0), _deltas(padded, p0)) < RTOL
     for key in ("loss", "pg_loss", "kl", "clip_frac", "num_tokens"):
         assert abs(float(m1[key]) - float(m0[key])) <= RTOL * max(abs(float(m0[key])), 1e-6), key
+
+
+def _scan_lengths(program, *args) -> list[int]:
+    """The lengths of the loops at the top level of a jitted update: its micro-batch loop's is the number of passes."""
+    (call,) = jax.make_jaxpr(program)(*args).eqns
+    return [eqn.params["length"] for eqn in call.params["jaxpr"].eqns if eqn.primitive.name == "scan"]
+
+
+def test_micro_batch_rows_set_the_number_of_passes_not_the_update():
+    """`train.micro_batch_rows` (GRPOSettings.micro_batch_size): 1, 2 or all 4 packed rows a pass make 4, 2 or 1
+    forward/backward passes, and the same update."""
+    prompts, replies = cases.groups(18, n=6, g=3)
+    mesh = parallel.make_mesh({"data": 1})
+    p0 = cases.params()
+    steps = StepFunctions(cases.CONFIG, optax.sgd(LR), mesh, p0)
+    packed = packing.pack_groups(prompts, replies, budget=128, rows_multiple=4)
+    assert packed.tokens.shape[0] == 4 and all(packed.response_mask[r].any() for r in range(4))
+    adv, old, ref_logp = cases.sample_values(18, packed.targets.shape[2])
+    batch = {**cases.packed_batch(packed), "advantages": packed.per_slot(adv), "old_logp": packed.per_slot(old),
+             "ref_logp": packed.per_slot(ref_logp)}
+    deltas = {}
+    for micro_rows in (1, 2, 4):
+        s = cases.settings(micro_rows)
+        state = steps.init_opt_state(p0)
+        assert _scan_lengths(steps.grpo_packed_program(batch, s), p0, state, batch) == [4 // micro_rows]
+        new, _, _ = steps.grpo_update_packed(jax.tree.map(jnp.copy, p0), state, batch, s)
+        deltas[micro_rows] = _deltas(new, p0)
+    assert cases.max_rel_diff(deltas[1], deltas[4]) < RTOL
+    assert cases.max_rel_diff(deltas[2], deltas[4]) < RTOL
 
 
 def test_one_minibatch_shortcut_equals_the_separate_old_logprob_pass():
@@ -145,7 +174,7 @@ def test_one_minibatch_shortcut_equals_the_separate_old_logprob_pass():
     packed = packing.pack_groups(prompts, replies, budget=256)
     adv, _, ref_logp = cases.sample_values(16, packed.targets.shape[2])
     batch = {**cases.packed_batch(packed), "advantages": packed.per_slot(adv), "ref_logp": packed.per_slot(ref_logp)}
-    s = dataclasses.replace(cases.settings(1), micro_batch_size=1)
+    s = cases.settings(1)
     old, entropy = steps.packed_logprobs(p0, batch, micro_rows=1, temperature=s.temperature, with_entropy=True)
     separate, _, m0 = steps.grpo_update_packed(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
                                                {**batch, "old_logp": old}, s)
@@ -157,20 +186,20 @@ def test_one_minibatch_shortcut_equals_the_separate_old_logprob_pass():
     np.testing.assert_allclose(float(m1["entropy_sum"]), float(np.sum(np.asarray(entropy) * mask)), rtol=RTOL)
 
 
-def test_sft_packed_equals_unpacked():
+def test_sft_packed_equals_padded():
     prompts, replies = cases.groups(9, n=6, g=1)
     mesh = parallel.make_mesh({"data": 1})
     p0 = cases.params()
     steps = StepFunctions(cases.CONFIG, optax.sgd(LR), mesh, p0)
-    ref = cases.padded(prompts, replies)
-    batch = {"tokens": ref.tokens, "attention_mask": ref.attention_mask, "response_mask": ref.response_mask}
-    padded, _, m0 = steps.sft_update(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0), batch, ref.prompt_width, 2)
+    ref = padded_reference.pad_groups(prompts, replies)
+    loss0, grads = jax.value_and_grad(lambda p: padded_reference.sft_loss(cases.CONFIG, p, ref))(p0)
+    padded = jax.tree.map(lambda p, g: p - LR * g, p0, grads)
     packed = packing.pack_groups(prompts, replies, budget=128, reply_width=ref.response_mask.shape[1])
     assert packed.tokens.shape[0] > 1
     new, _, m1 = steps.sft_update_packed(jax.tree.map(jnp.copy, p0), steps.init_opt_state(p0),
                                          cases.packed_batch(packed), 1)
     assert cases.max_rel_diff(_deltas(new, p0), _deltas(padded, p0)) < RTOL
-    assert abs(float(m1["loss"]) - float(m0["loss"])) <= RTOL * float(m0["loss"])
+    assert abs(float(m1["loss"]) - float(loss0)) <= RTOL * float(loss0)
 
 
 @pytest.mark.slow
@@ -183,8 +212,8 @@ def test_update_equals_padded_on_an_8_device_mesh():
         assert len(jax.devices()) == 8
         mesh = parallel.make_mesh({"data": 4, "fsdp": 2})
         prompts, replies = cases.groups(13, n=8, g=3)
-        (p0, padded, _), (packed, _), layout = cases.updates(mesh, prompts, replies, micro_padded=8, budget=256,
-                                                             micro_rows=8)
+        p0, packed, _, layout = cases.packed_update(mesh, prompts, replies, budget=256, micro_rows=8)
+        padded, _ = cases.reference_update(prompts, replies)
         assert layout.tokens.shape[0] % 8 == 0
         d = lambda new: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new, p0)
         print("REL", cases.max_rel_diff(d(packed), d(padded)))

@@ -1,4 +1,5 @@
-"""The Flax Qwen2 decoder against transformers' Qwen2ForCausalLM (PyTorch, float32), and its KV cache."""
+"""The Qwen2 decoder against transformers' Qwen2ForCausalLM (PyTorch, float32), and the rollout's KV-cache
+forward (the same decoder block) against the training forward."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 
 from conftest import TINY_SHAPES, assert_logits_close, hf_logits, tiny_hf_model
 from tooln1_jax.models import presets, qwen2, weights
+from tooln1_jax.rollout import inference, kv_cache
 
 
 def _ours(model):
@@ -38,7 +40,8 @@ def test_logits_match_transformers_on_right_padded_batch(heads, kv_heads, tied):
     ref = hf_logits(model, tokens, mask, positions)
     logits, cache = qwen2.forward(config, params, tokens, positions=positions, attention_mask=mask)
     assert cache is None and logits.dtype == jnp.float32
-    assert_logits_close(logits, ref)
+    real = mask == 1  # a padding token's logits mean nothing (ours: it attends to padding only)
+    assert_logits_close(np.asarray(logits)[real], ref[real])
 
 
 def test_default_positions_handle_left_padding():
@@ -64,26 +67,44 @@ def test_explicit_positions_are_used():
     assert np.abs(np.asarray(shifted) - np.asarray(logits)).max() > 1e-3
 
 
-def test_cached_prefill_and_decode_equal_a_full_forward():
-    model = tiny_hf_model(4, 2, False)
+@pytest.mark.parametrize("tied", [False, True])
+def test_cached_prefill_and_decode_equal_a_full_forward(tied):
+    """The rollout's forward over per-layer KV caches (the same decoder block) against the training forward."""
+    model = tiny_hf_model(4, 2, tied)
     config, params = _ours(model)
-    tokens, mask, positions = _right_padded_batch(config.vocab_size, [12, 12, 12], 12, seed=3)
-    # left-pad the prompt part differently per row: row r has r pads at the front
-    full_mask = np.ones_like(mask)
-    full_mask[1, :1] = 0
-    full_mask[2, :3] = 0
-    full, _ = qwen2.forward(config, params, tokens, attention_mask=full_mask)
+    lengths = [12, 11, 9]
+    tokens, mask, _ = _right_padded_batch(config.vocab_size, lengths, 12, seed=3)
+    full = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask)[0])
 
-    cache = qwen2.init_cache(config, batch=3, num_slots=16)
-    step = jax.jit(lambda p, t, m, c: qwen2.forward(config, p, t, attention_mask=m, cache=c))
-    chunks = [(0, 5), (5, 6), (6, 7), (7, 12)]  # a prefill, two single-token decodes, a 5-token chunk
-    for start, end in chunks:
-        logits, cache = step(params, tokens[:, start:end], full_mask[:, start:end], cache)
-        real = full_mask[:, start:end].astype(bool)
-        np.testing.assert_array_less(np.abs(np.asarray(logits) - np.asarray(full)[:, start:end]).max(-1)[real],
+    w = inference.prepare(config, params)
+    caches = kv_cache.allocate(config, rows=3, capacity=16, dtype=w.dtype)
+    positions = np.broadcast_to(np.arange(12), tokens.shape)  # a pad writes past its row's end, unseen by real tokens
+    step = jax.jit(lambda w, t, p, c: inference.forward(config, w, t, p, c, 12))  # reads entries [0, 12) of 16
+    for start, end in [(0, 5), (5, 6), (6, 7), (7, 12)]:  # a prefill, two single-token decodes, a 5-token chunk
+        hidden, caches = step(w, tokens[:, start:end], positions[:, start:end], caches)
+        logits = np.asarray(inference.logits(w, hidden))
+        real = mask[:, start:end].astype(bool)
+        np.testing.assert_array_less(np.abs(logits - full[:, start:end]).max(-1)[real],
                                      max(2e-4, 1e-4 * float(np.abs(full).max())))
-    assert int(cache.index) == 12
-    np.testing.assert_array_equal(np.asarray(cache.valid)[:, :12], full_mask.astype(bool))
+    assert len(caches) == config.num_hidden_layers
+    k, v = caches[0]
+    assert k.shape == v.shape == (3, config.num_key_value_heads, 16, config.head_dim)
+    assert not np.asarray(k)[:, :, 12:].any()  # entries past the last position were never written
+
+
+def test_plain_rows_take_the_packed_attention_path():
+    """A padded batch runs as packed rows (real tokens segment 1, padding 0): its real tokens' logits equal those of
+    the same rows given as ids, bit for bit."""
+    config, params = _ours(tiny_hf_model(4, 2, False))
+    tokens, mask, positions = _right_padded_batch(config.vocab_size, [7, 4], 7, seed=5)
+    plain = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask)[0])
+    ids = np.asarray(qwen2.forward(config, params, tokens, positions=positions, segment_ids=mask,
+                                   prefix_ids=np.zeros_like(mask))[0])
+    np.testing.assert_array_equal(plain[mask == 1], ids[mask == 1])
+    with pytest.raises(ValueError, match="packed rows need positions, segment_ids and prefix_ids"):
+        qwen2.forward(config, params, tokens, segment_ids=mask, prefix_ids=np.zeros_like(mask))
+    with pytest.raises(ValueError, match="prefix_ids without segment_ids"):
+        qwen2.forward(config, params, tokens, prefix_ids=np.zeros_like(mask))
 
 
 def test_compute_dtype_bfloat16_keeps_float32_logits_and_is_close():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from train_helpers import DIGITS, FakeTokenizer, digit_reward, synthetic_records, tiny_config, trainer
+from tooln1_jax import assets
 from tooln1_jax import config as config_lib
 from tooln1_jax.rewards import plugins, toolcall
 from tooln1_jax.train.trainer import Rewards
@@ -117,18 +118,18 @@ def test_a_plugin_that_does_not_load_is_named(plugin_module, spec, message):
 
 
 def test_config_reads_a_list_of_rewards_and_checks_them(tmp_path):
-    assert config_lib.load(None).grpo.reward == ("binary",)
-    assert config_lib.load(None, ["grpo.reward=name_partial"]).grpo.reward == ("name_partial",)  # one name
-    cfg = config_lib.load(None, ["grpo.reward=[binary, my_pkg.rewards:length]", "grpo.reward_weights=[1, 0.1]"])
+    assert config_lib.load(assets.DEMO_CONFIG).grpo.reward == ("binary",)
+    assert config_lib.load(assets.DEMO_CONFIG, ["grpo.reward=name_partial"]).grpo.reward == ("name_partial",)  # one name
+    cfg = config_lib.load(assets.DEMO_CONFIG, ["grpo.reward=[binary, my_pkg.rewards:length]", "grpo.reward_weights=[1, 0.1]"])
     assert cfg.grpo.reward == ("binary", "my_pkg.rewards:length") and cfg.grpo.reward_weights == (1.0, 0.1)
     config_lib.dump(cfg, tmp_path / "c.yaml")
     assert config_lib.load(tmp_path / "c.yaml") == cfg
     with pytest.raises(config_lib.ConfigError, match="grpo.reward 'binary_strict' is neither a built-in"):
-        config_lib.load(None, ["grpo.reward=binary_strict"])
+        config_lib.load(assets.DEMO_CONFIG, ["grpo.reward=binary_strict"])
     with pytest.raises(config_lib.ConfigError, match=r"grpo.reward_weights has 1 values for 2 rewards"):
-        config_lib.load(None, ["grpo.reward=[binary, a.b:c]", "grpo.reward_weights=[1]"])
+        config_lib.load(assets.DEMO_CONFIG, ["grpo.reward=[binary, a.b:c]", "grpo.reward_weights=[1]"])
     with pytest.raises(config_lib.ConfigError, match=r"grpo.reward\[1\] must be str, got 3"):
-        config_lib.load(None, ["grpo.reward=[binary, 3]"])
+        config_lib.load(assets.DEMO_CONFIG, ["grpo.reward=[binary, 3]"])
 
 
 @pytest.mark.slow

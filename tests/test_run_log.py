@@ -31,11 +31,16 @@ def test_data_epochs_set_the_number_of_steps_and_the_log_says_so(tmp_path, caplo
     from tooln1_jax.config import ConfigError
 
     with caplog.at_level(logging.INFO, logger="tooln1_jax.train.run"):
-        t = trainer(tiny_config("data.num_epochs=3", "train.steps=5"), tmp_path / "run",
+        t = trainer(tiny_config("data.num_epochs=3", "train.steps=null"), tmp_path / "run",
                     records=synthetic_records(n=30))
     # 3 epochs of 30 records, 8 prompts a step: 90 // 8 = 11 steps, 2 optimizer updates each
-    assert t.cfg.train.steps == 11 and t.total_updates() == 22
-    assert "data.num_epochs 3 over 30 training records, 8 a step: 11 steps (in place of train.steps 5)" in caplog.text
+    assert t.cfg.train.steps == 11 and t.total_updates() == 22 and t.loader.num_batches == 11
+    assert "data.num_epochs 3 over 30 training records, 8 a step: 11 steps" in caplog.text
+    t.close()
+    # an explicit train.steps wins: the epochs are not used, the records repeat as the steps need
+    t = trainer(tiny_config("data.num_epochs=1", "train.steps=5"), tmp_path / "steps", records=synthetic_records(n=8))
+    assert t.cfg.train.steps == 5 and t.loader.num_batches is None
+    assert [len(next(t.loader)) for _ in range(5)] == [8] * 5  # 5 batches from 8 records: more than one epoch
     t.close()
     with pytest.raises(ConfigError, match="data.num_epochs 1 over 5 training records does not fill one batch"):
-        trainer(tiny_config("data.num_epochs=1"), tmp_path / "small", records=synthetic_records(n=5))
+        trainer(tiny_config("data.num_epochs=1", "train.steps=null"), tmp_path / "small", records=synthetic_records(n=5))

@@ -1,6 +1,6 @@
-"""The SFT update's loss and gradient against a per-sequence reference (unpadded forward + torch cross-entropy),
-`make_optimizer`'s learning-rate schedules, clipping and weight decay against the formulas worked out by hand,
-and a checkpoint save interrupted mid-way."""
+"""The packed SFT update's loss and gradient against a per-sequence reference (unpadded forward + torch
+cross-entropy), `make_optimizer`'s learning-rate schedules, clipping and weight decay against the formulas worked
+out by hand, and a checkpoint save interrupted mid-way."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from tooln1_jax import parallel
 from tooln1_jax.config import OptimConfig
 from tooln1_jax.models import qwen2
 from tooln1_jax import checkpoint
-from tooln1_jax.train.sequences import pack
-from tooln1_jax.train.step import StepFunctions, make_optimizer
+from tooln1_jax.train import packing
+from tooln1_jax.train.step import PACKED_KEYS, StepFunctions, make_optimizer
 
 CONFIG = qwen2.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                            num_attention_heads=4, num_key_value_heads=2)
@@ -36,11 +36,10 @@ def test_sft_loss_and_gradient_match_a_per_sequence_cross_entropy():
     mesh = parallel.single_device_mesh()
     params = qwen2.init_params(CONFIG, jax.random.key(1))
     steps = StepFunctions(CONFIG, make_optimizer(OptimConfig(), 10), mesh, params)
-    packed = pack(prompts, targets)
-    batch = {"tokens": jnp.asarray(packed.tokens), "attention_mask": jnp.asarray(packed.attention_mask),
-             "response_mask": jnp.asarray(packed.response_mask)}
-    _, _, metrics = steps.sft_update(jax.tree.map(jnp.copy, params), steps.init_opt_state(params), batch,
-                                     packed.prompt_width, 2)  # two micro-batches of two sequences
+    packed = packing.pack_groups(prompts, [[t] for t in targets], rows_multiple=2)
+    batch = {k: jnp.asarray(getattr(packed, k)) for k in PACKED_KEYS + ("response_mask",)}
+    _, _, metrics = steps.sft_update_packed(jax.tree.map(jnp.copy, params), steps.init_opt_state(params), batch,
+                                            1)  # two passes of a packed row: the examples', then a padding row
 
     # the reference: each sequence alone, unpadded; the loss is the token mean over all targets of the batch
     total = sum(map(len, targets))

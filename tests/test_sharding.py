@@ -106,7 +106,7 @@ def test_fsdp_shards_activations_like_data_parallelism():
         import jax, jax.numpy as jnp
         from tooln1_jax import parallel
         from tooln1_jax.models import qwen2
-        from tooln1_jax.train.sequences import response_logprobs
+        from tooln1_jax.train.sequences import packed_logprobs
 
         cfg = qwen2.Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=2048, num_hidden_layers=4,
                                 num_attention_heads=8, num_key_value_heads=4, remat=True)
@@ -117,16 +117,19 @@ def test_fsdp_shards_activations_like_data_parallelism():
             mesh = parallel.make_mesh(spec, devices)
             shapes, logical = qwen2.abstract_params(cfg)
             shardings = parallel.shardings(shapes, logical, mesh)
-            rows = parallel.batch_sharding(mesh, 2)
+            rows, slots = parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3)
+            # 16 packed rows of 512 tokens, each one group of a 256-token prompt and one 256-token reply
+            shape = {"tokens": (16, 512), "positions": (16, 512), "segment_ids": (16, 512),
+                     "prefix_ids": (16, 512), "predict": (16, 1, 256), "targets": (16, 1, 256)}
+            batch_sh = {k: rows if len(v) == 2 else slots for k, v in shape.items()}
 
-            def loss(p, t, m):
+            def loss(p, batch):
                 with parallel.activation_sharding(mesh):
-                    return response_logprobs(cfg, p, t, m, 256)[0].sum()
+                    return packed_logprobs(cfg, p, batch)[0].sum()
 
             args = (jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=x), shapes, shardings),
-                    jax.ShapeDtypeStruct((16, 512), jnp.int32, sharding=rows),
-                    jax.ShapeDtypeStruct((16, 512), bool, sharding=rows))
-            compiled = jax.jit(jax.grad(loss), in_shardings=(shardings, rows, rows),
+                    {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=batch_sh[k]) for k, v in shape.items()})
+            compiled = jax.jit(jax.grad(loss), in_shardings=(shardings, batch_sh),
                                out_shardings=shardings).lower(*args).compile()
             temp[name] = compiled.memory_analysis().temp_size_in_bytes
         print(temp)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
+import padded_reference
 from conftest import REPO
 from train_helpers import comparable, tiny_config, trainer
 
@@ -55,11 +57,12 @@ def test_a_single_update_per_step_is_on_policy(tmp_path):
 
 @pytest.mark.slow
 def test_memory_knobs_do_not_change_the_math(tmp_path):
-    """Sampling in prompt chunks and log-prob/gradient passes in micro-batches give the same run."""
+    """Sampling in prompt chunks and log-prob/gradient passes of one packed row instead of four give the same run."""
     runs = {}
-    for name, knobs in {"whole": ["train.micro_batch_size=16"],
-                        "chunked": ["rollout.prompts_per_call=3", "train.micro_batch_size=4"]}.items():
-        t = trainer(tiny_config("train.steps=2", "checkpoint.every=100", *knobs), tmp_path / name)
+    for name, knobs in {"whole": ["train.micro_batch_rows=4"],
+                        "chunked": ["rollout.prompts_per_call=3", "train.micro_batch_rows=1"]}.items():
+        t = trainer(tiny_config("train.steps=2", "checkpoint.every=100", "train.pack_tokens=96", *knobs),
+                    tmp_path / name)
         runs[name] = t.run(progress=False)
         t.close()
     for a, b in zip(runs["whole"], runs["chunked"]):
@@ -68,21 +71,41 @@ def test_memory_knobs_do_not_change_the_math(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
 
 
-def test_packed_layout_gives_the_run_of_the_padded_one(tmp_path):
-    """Prefix-shared packing (several groups per row, several micro-batches of rows) changes no number, only the
-    work: fewer computed positions per useful token."""
-    runs = {}
-    for layout in ("padded", "packed"):
-        t = trainer(tiny_config("train.steps=2", "checkpoint.every=100", f"train.layout={layout}",
-                                "train.pack_tokens=96"), tmp_path / layout)
-        runs[layout] = t.run(progress=False)
-        t.close()
-    for a, b in zip(runs["padded"], runs["packed"]):
-        assert a["reward/mean"] == b["reward/mean"]  # identical samples
-        for key in ("loss", "pg_loss", "kl", "grad_norm", "entropy", "clip_frac"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
-        assert b["layout/computed_per_useful"] < a["layout/computed_per_useful"]
-        assert 0.0 <= b["layout/padding_frac"] < a["layout/padding_frac"]
+def test_a_step_is_the_padded_reference_step(tmp_path):
+    """A GRPO step of two mini-batches (several groups per packed row, a row a pass) gives the metrics of the same
+    step written out in the padded layout (tests/padded_reference.py) from its rollout: old and reference
+    log-probs of the sampling policy, one optimizer step per mini-batch."""
+    t = trainer(tiny_config("train.steps=1", "checkpoint.every=100", "train.pack_tokens=96",
+                            "grpo.loss_agg=token-mean"), tmp_path / "run")
+    p0 = jax.tree.map(np.asarray, t.params)
+    rollout, minibatches = {}, t.minibatches
+
+    def keep_rollout(records, generated, advantages):
+        rollout.update(records=records, generated=generated, advantages=advantages)
+        return minibatches(records, generated, advantages)
+
+    t.minibatches = keep_rollout
+    (metrics,) = t.run(progress=False)
+    t.close()
+    assert metrics["updates"] == 2
+    cfg, g, per = t.cfg, t.cfg.rollout.num_generations, t.cfg.train.mini_batch_size
+    options = {"temperature": cfg.rollout.temperature}
+    params, opt_state, expected = p0, t.optimizer.init(p0), []
+    for start in range(0, len(rollout["records"]), per):
+        prompts = [r["prompt_ids"] for r in rollout["records"][start:start + per]]
+        batch = padded_reference.pad_groups(prompts, [rollout["generated"][(start + i) * g:(start + i + 1) * g]
+                                                      for i in range(len(prompts))])
+        sampling, entropy = padded_reference.response_logprobs(t.model_config, p0, batch, **options)
+        (_, m), grads = jax.value_and_grad(padded_reference.grpo_loss, argnums=1, has_aux=True)(
+            t.model_config, params, batch, rollout["advantages"][start * g:(start + per) * g], sampling, sampling,
+            cfg.grpo, max_len=cfg.rollout.max_new_tokens, **options)
+        updates, opt_state = t.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        mask = batch.response_mask
+        expected.append({**m, "grad_norm": optax.global_norm(grads),
+                         "entropy": np.sum(entropy * mask) / np.sum(mask)})
+    for key in ("loss", "pg_loss", "kl", "grad_norm", "entropy", "clip_frac"):
+        assert metrics[key] == pytest.approx(np.mean([float(m[key]) for m in expected]), rel=1e-4, abs=1e-7), key
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +213,7 @@ def test_grpo_learns_when_to_stop(tmp_path):
 
 
 def test_bad_input_fails_before_long_work(tmp_path):
+    from tooln1_jax import config as config_lib
     from tooln1_jax.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
@@ -198,6 +222,11 @@ def test_bad_input_fails_before_long_work(tmp_path):
         tiny_config("optim.lr=fast")
     with pytest.raises(ConfigError, match="not a multiple of train.mini_batch_size"):
         tiny_config("train.batch_size=6")
+    with pytest.raises(ConfigError, match="train.micro_batch_size was removed: set train.micro_batch_rows"):
+        tiny_config("train.micro_batch_size=8")
+    (tmp_path / "old.yaml").write_text("train:\n  layout: padded\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: train.layout was removed: training always packs"):
+        config_lib.load(tmp_path / "old.yaml")
     (tmp_path / "empty").mkdir()
     from tooln1_jax.data import prepared
 
@@ -218,12 +247,12 @@ def test_bad_input_fails_before_long_work(tmp_path):
 
 def test_batch_that_does_not_divide_the_mesh_is_refused(tmp_path):
     result = subprocess.run(
-        [sys.executable, HELPER, str(tmp_path / "r"), "--set=mesh.fsdp=8", "--set=train.micro_batch_size=4",
+        [sys.executable, HELPER, str(tmp_path / "r"), "--set=mesh.fsdp=8", "--set=train.micro_batch_rows=4",
          "--set=train.mini_batch_size=1", "--set=train.batch_size=2"],
         capture_output=True, text=True, cwd=REPO, timeout=300,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
     assert result.returncode != 0
-    assert "train.micro_batch_size = 4 does not divide over the 8 devices" in result.stderr
+    assert "train.micro_batch_rows = 4 does not divide over the 8 devices" in result.stderr
 
 
 @pytest.mark.slow

@@ -33,7 +33,6 @@ def small_stop_id(monkeypatch):
 
 
 WARM = ["sft.warm_start_steps=3", "sft.warm_start_lr=0.01", "train.batch_size=4", "train.mini_batch_size=4",
-        "train.micro_batch_size=4",
         "checkpoint.every=1"]
 
 
@@ -93,6 +92,3 @@ def test_bad_warm_start_settings_are_refused():
         tiny_config("sft.warm_start_steps=-1")
     with pytest.raises(ConfigError, match="sft.warm_start_lr must be > 0"):
         tiny_config("sft.warm_start_steps=2", "sft.warm_start_lr=0")
-    with pytest.raises(ConfigError, match="not a multiple of train.micro_batch_size"):
-        tiny_config("sft.warm_start_steps=2", "train.batch_size=4", "train.mini_batch_size=2",
-                    "train.micro_batch_size=8", "train.layout=padded")  # packed rows ignore micro_batch_size

@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tooln1_jax import assets  # noqa: E402
 from tooln1_jax import config as config_lib  # noqa: E402
 
 VOCAB = 64
@@ -25,7 +26,7 @@ TINY = [
     "model.vocab_size=64", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
     "model.num_heads=4", "model.num_kv_heads=2", "model.tie_word_embeddings=false", "model.dtype=float32",
     "rollout.num_generations=4", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
-    "train.batch_size=8", "train.mini_batch_size=4", "train.micro_batch_size=8", "train.eval_every=0",
+    "train.batch_size=8", "train.mini_batch_size=4", "train.eval_every=0",
     "train.sample_every=0", "optim.lr=0.01", "grpo.beta=0.001", "checkpoint.every=1", "checkpoint.keep=20",
     "checkpoint.async_save=false", "sft.warm_start_steps=0",  # GRPO from the initial policy (the demo warms up)
 ]
@@ -40,7 +41,7 @@ def comparable(metrics: dict) -> dict:
 
 
 def tiny_config(*overrides: str) -> config_lib.RunConfig:
-    return config_lib.load(None, [*TINY, *overrides])
+    return config_lib.load(assets.DEMO_CONFIG, [*TINY, *overrides])  # what TINY leaves: the demo's
 
 
 def synthetic_records(n: int = 32, seed: int = 0, max_len: int = 8) -> list[dict]:

@@ -124,7 +124,7 @@ def training_state(cfg: RunConfig, model: Qwen2Config, mesh) -> TrainingState:
 
     shapes, logical = qwen2.abstract_params(model)
     params = abstract(shapes, parallel.shardings(shapes, logical, mesh))
-    optimizer = make_optimizer(cfg.optim, max(cfg.train.steps, 1))
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps or 1)  # null: set by data.num_epochs (no shapes)
     steps = StepFunctions(model, optimizer, mesh, params)
     opt_state = abstract(jax.eval_shape(optimizer.init, lora.partition(params)[0]), steps.opt_shardings)
     if cfg.grpo.beta <= 0:
@@ -187,24 +187,17 @@ class RolloutPlan:
 
 def rollout_plan(mesh, prompts: int, samples: int, prompt: int, reply: int, num_slots: int | None,
                  chunk_steps: int) -> RolloutPlan:
-    """`engine.run`'s arithmetic for `prompts` prompts per host of `prompt` tokens, `samples` replies each."""
-    from tooln1_jax.rollout.engine import COMPACT_RATIO, PREFILL_CHUNK
-    from tooln1_jax.shapes import bucket
+    """`engine.plan` for `prompts` prompts per host of `prompt` tokens, `samples` replies each, in global rows."""
+    from tooln1_jax.rollout import engine
 
     hosts = hosts_of(mesh)
-    up = lambda n, m: -(-n // m) * m  # noqa: E731
-    multiple = max(parallel.batch_size_multiple(mesh) // hosts, 1)
-    total = prompts * samples
-    slots = up(min(num_slots, bucket(total)) if num_slots else bucket(total), multiple)
-    width = bucket(prompt - 1, 16)
-    if width > PREFILL_CHUNK:
-        width = up(width, PREFILL_CHUNK)
-    prefill_rows = up(min(bucket(prompts), bucket(-(-slots // samples))), multiple)
-    keeps = [k for k in (up(bucket(n), multiple) for n in range(1, slots + 1)) if k * COMPACT_RATIO <= slots]
-    waves = -(-total // slots)
-    return RolloutPlan(slots=slots * hosts, prefill_rows=prefill_rows * hosts, width=width,
-                       capacity=width + bucket(reply, 16), compact_to=max(keeps) * hosts if keeps else None,
-                       prefill_batches=-(-prompts // prefill_rows), decode_chunks=waves * -(-reply // chunk_steps))
+    p = engine.plan(hosts=hosts, batch_devices=parallel.batch_size_multiple(mesh), prompts=prompts, samples=samples,
+                    longest_prompt=prompt, max_new=reply, num_slots=num_slots)
+    waves = -(-prompts * samples // p.slots)
+    compact_to = p.compacted(p.slots, p.compacts_at(p.slots))  # the first compaction's pool (p.slots: none)
+    return RolloutPlan(slots=p.slots * hosts, prefill_rows=p.prefill_rows * hosts, width=p.width,
+                       capacity=p.capacity, compact_to=compact_to * hosts if compact_to < p.slots else None,
+                       prefill_batches=-(-prompts // p.prefill_rows), decode_chunks=waves * -(-reply // chunk_steps))
 
 
 # ---- counting FLOPs and bytes on a jaxpr -------------------------------------------------------------------------
@@ -350,12 +343,11 @@ def _rollout_programs(target, model, mesh, state: TrainingState, plan: RolloutPl
     slot_kv, prompt_kv = per_chip_bytes(slot_caches), per_chip_bytes(prompt_caches)
     ids = spec((plan.prefill_rows, plan.width), jnp.int32)
     slot_ids = spec((plan.slots,), jnp.int32)
-    state_dtypes = {"token": jnp.int32, "pos": jnp.int32, "step": jnp.int32, "sample_id": jnp.uint32,
-                    "live": jnp.bool_, "limit": jnp.int32}
-    decode_state = {k: spec((plan.slots,), state_dtypes[k]) for k in engine.STATE_FIELDS}
+    decode_state = jax.tree.map(lambda x: spec((plan.slots,), x.dtype), engine.SlotState.empty(0))
     replicated = parallel.replicated(mesh)
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
     waiting = jax.ShapeDtypeStruct((), jnp.bool_, sharding=replicated)
+    compact_at = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     stop_ids = tuple(engine.DEFAULT_STOP_IDS)
 
     reports = [weights_report]
@@ -370,7 +362,8 @@ def _rollout_programs(target, model, mesh, state: TrainingState, plan: RolloutPl
                                    runs=calls * plan.prefill_batches, resident=resident + w_bytes)[0])
     decode = engine._decode_program(model, sampling, stop_ids, mesh, w_treedef, w_shardings, plan.slots,
                                     plan.capacity, plan.capacity, chunk_steps)
-    reports.append(compile_program(target, f"{prefix}decode", decode, (weights, slot_caches, decode_state, rng, waiting),
+    reports.append(compile_program(target, f"{prefix}decode", decode, (weights, slot_caches, decode_state, rng, waiting,
+                                                                      compact_at),
                                    runs=calls * plan.decode_chunks, resident=resident + prompt_kv,
                                    while_trips=chunk_steps)[0])
     if plan.compact_to:  # every reply at the cap: all finish together, so a step runs none
@@ -434,15 +427,14 @@ def _grpo_programs(target, cfg: RunConfig, mesh, state: TrainingState, micro_row
 
 def _sft_program(target, cfg: RunConfig, mesh, state: TrainingState, micro_rows: int, shapes: dict, *, name: str,
                  runs: int) -> ProgramReport:
-    """The packed supervised update (`sft._packed_supervised_step`) at its worst case: every example
+    """The packed supervised update (`sft.supervised_step`) at its worst case: every example
     sft.max_seq_len tokens, its prompt data.max_prompt_tokens (or one token short of the limit)."""
     t = cfg.train
     prompt = min(cfg.data.max_prompt_tokens, cfg.sft.max_seq_len - 1)
     batch = packed_batch(mesh, prompt, 1, cfg.sft.max_seq_len - prompt, t.batch_size // hosts_of(mesh),
                          t.pack_tokens, micro_rows, reply_cap=cfg.sft.max_seq_len)
     shapes[name] = {**batch_shapes(batch), "micro_rows": micro_rows}
-    keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
-    program = state.steps._update_program("sft_packed", micro_rows, None, keys)
+    program = state.steps.sft_packed_program(batch, micro_rows)
     return compile_program(target, name, program, (state.params, state.opt_state, batch), runs=runs, resident=0)[0]
 
 
@@ -453,8 +445,6 @@ def compile_report(cfg: RunConfig, devices, *, config_path: str | None = None, s
     from tooln1_jax.rollout.engine import DEFAULT_CHUNK_STEPS
     from tooln1_jax.rollout.sampling import Sampling
 
-    if cfg.train.layout != "packed":
-        raise ValueError(f"train.layout {cfg.train.layout!r}: `tooln1 compile` covers the packed layout")
     target = Target(chips.chip_of(devices[0].device_kind), len(devices), devices_per_chip(devices))
     model = model_config(cfg, config_path)
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}, devices)

@@ -173,8 +173,7 @@ def _load_model(path: str | Path, mesh, dtype: str | None):
 def export_hf(path: str | Path, out: str | Path) -> Path:
     """`tooln1 export`: the parameters of a checkpoint as a Hugging Face directory."""
     config, params = load_model(path)
-    tokenizer_dir, why = assets.tokenizer_dir_for(path)
-    log.info("export: tokenizer files from %s (%s)", tokenizer_dir, why)
-    target = weights.save_hf(config, params, out, tokenizer_dir=tokenizer_dir)
+    target = weights.save_hf(config, params, out)
+    assets.copy_tokenizer(path, target)
     print(f"wrote {target}")
     return target

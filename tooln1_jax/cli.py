@@ -13,8 +13,10 @@ def _source_spec(text: str) -> tuple[str, str]:
     return name, location
 
 
-def _add_run_args(p: argparse.ArgumentParser, default_config: str) -> None:
-    p.add_argument("--config", default=None, help=f"YAML run config (default: the embedded {default_config})")
+def _add_run_args(p: argparse.ArgumentParser, demo: str) -> None:
+    p.add_argument("--config", default=None,
+                   help=f"YAML run config (without --config and --set: {demo}, configs/demo.yaml; with --set alone: "
+                        "the defaults, the Tool-N1 reference recipe, which need a model.path)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=2e-6 (repeatable)")
     p.add_argument("--run-dir", default=None, help="where checkpoints, metrics and plots go")
@@ -34,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=4096, help="drop prompts longer than this")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped Qwen2.5 one)")
 
-    p = sub.add_parser("train", help="GRPO training (no arguments: the CPU demo)")
-    _add_run_args(p, "demo")
+    p = sub.add_parser("train", help="GRPO training (no --config and no --set: the CPU demo)")
+    _add_run_args(p, "the CPU demo")
     p = sub.add_parser("sft", help="supervised baseline on the same records")
-    _add_run_args(p, "demo SFT")
+    _add_run_args(p, "the CPU demo's supervised baseline")
 
     p = sub.add_parser("generate", help="sample replies for chat messages")
     p.add_argument("--model", required=True, help="HF directory, hub id, .gguf file or checkpoint directory")
@@ -121,6 +123,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+DEMO_RUN_DIRS = {"train": "runs/demo", "sft": "runs/demo_sft"}
+
+
+def demo_run(command: str, run_dir: str | None) -> tuple[str, str]:
+    """(config, run directory) of the CPU demo, which `tooln1 train` / `tooln1 sft` run when given no --config and
+    no --set; says so first."""
+    from tooln1_jax import assets
+
+    run_dir = run_dir or DEMO_RUN_DIRS[command]
+    print(f"tooln1 {command}: no --config or --set given: the CPU demo (configs/demo.yaml, shipped as "
+          f"{assets.DEMO_CONFIG}) into {run_dir}; a real run names its config: --config configs/qwen2_5_7b_grpo.yaml",
+          flush=True)
+    return str(assets.DEMO_CONFIG), run_dir
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | None:
     """Runs the command; an exit code when the command has one of its own (compile: 1 = does not fit)."""
     if args.command == "compile":
@@ -135,7 +152,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int 
     elif args.command in ("train", "sft"):
         from tooln1_jax.train import entry
 
-        entry.run(args.command, config_path=args.config, overrides=args.overrides, run_dir=args.run_dir,
+        config_path, run_dir = args.config, args.run_dir
+        if config_path is None and not args.overrides:
+            config_path, run_dir = demo_run(args.command, run_dir)
+        entry.run(args.command, config_path=config_path, overrides=args.overrides, run_dir=run_dir,
                   resume=args.resume)
     elif args.command == "generate":
         from tooln1_jax import generate
@@ -157,10 +177,11 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int 
 
         checkpoint.export_hf(args.checkpoint, args.out)
     elif args.command == "convert":
+        from tooln1_jax import assets
         from tooln1_jax.models import weights
 
         config, params = weights.load(args.source)
-        weights.save_hf(config, params, args.out)
+        assets.copy_tokenizer(args.source, weights.save_hf(config, params, args.out))
 
 
 if __name__ == "__main__":

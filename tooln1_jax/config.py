@@ -1,8 +1,13 @@
 """Run configuration: frozen dataclasses, YAML files, dotted `--set section.key=value` overrides.
 
-The defaults ARE the CPU demo (a tiny Qwen2 shape with the real tokenizer on the shipped sample data), so
-`tooln1 train` with no arguments runs it; `configs/demo.yaml` spells the same values out. An unknown key or a
-value of the wrong type is an error that names the key and the file.
+The defaults are the Tool-N1 reference recipe (arXiv 2505.00024 and its release, as configs/qwen2_5_7b_grpo.yaml
+states it): what depends on the model's size (the model, the mesh, memory settings) is not a default, so a config
+names its model and a run without one is refused. The CPU demo is a config of its own (`assets.DEMO_CONFIG`, also at
+configs/demo.yaml), which `tooln1 train` runs when given no --config and no --set. An unknown key or a value of the
+wrong type is an error that names the key and the file.
+
+Choice lists (kl_type, dtypes, attention, reward names, ...) are the owning modules' own, read by `choices()` when a
+config is validated: those modules bring jax, which importing this module does not.
 """
 
 from __future__ import annotations
@@ -17,21 +22,26 @@ from typing import Any
 import yaml
 
 from tooln1_jax import files
-from tooln1_jax.rewards import plugins
+
+
+def _every_lora_target() -> tuple[str, ...]:
+    from tooln1_jax.models import qwen2
+
+    return qwen2.LORA_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None  # HF directory, HF hub id, or .gguf file; None: random initialisation (below)
     preset: str | None = None  # random init of a Qwen2.5 shape ("0.5b" ... "72b") when path is None
-    # the random-init shape when neither path nor preset is given (the demo's tiny model, real vocabulary)
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    vocab_size: int = 151936
-    tie_word_embeddings: bool = True
+    # the random-init shape, all of it needed when neither path nor preset is given (no default: a model's size)
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    vocab_size: int | None = None
+    tie_word_embeddings: bool | None = None
     init_seed: int = 0
     dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
     param_dtype: str = "float32"
@@ -42,28 +52,30 @@ class ModelConfig:
     # GRPO reference policy; `tooln1 export` merges the adapters into the weights
     lora_rank: int = 0
     lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
-    # every projection: models/qwen2.LORA_TARGETS (kept out of this jax-free module; tests/test_lora.py checks)
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # default: every projection, models/qwen2.LORA_TARGETS (read when a config is made: qwen2 brings jax)
+    lora_targets: tuple[str, ...] = dataclasses.field(default_factory=_every_lora_target)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     # "demo" (the shipped demo set), "samples" (the shipped sample set), a `tooln1 prepare-data` output directory or a .parquet file of
     # prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
-    train: str = "demo"
-    test: str | None = "demo"  # held-out records for validation (None: no validation)
+    train: str = "data/tooln1"  # the recipe's `tooln1 prepare-data --out data/tooln1`
+    test: str | None = "data/tooln1"  # held-out records for validation (None: no validation)
     tokenizer: str | None = None  # default: the model directory's, else the shipped Qwen2.5 tokenizer
     max_prompt_tokens: int = 4096
     native_tools: bool = False  # the chat template's tools= branch instead of the Tool-N1 system prompt
     shuffle: bool = True
-    num_epochs: int | None = None  # None: repeat until train.steps
+    # passes over the training records; they set the run's length when train.steps is null (the release: 7). An
+    # explicit train.steps wins: num_epochs is then not used (the records repeat as the steps need)
+    num_epochs: int | None = 7
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    num_generations: int = 8  # G replies per prompt (reference: 5)
-    max_new_tokens: int = 32  # reply cap (reference: 8192)
-    temperature: float = 1.0  # (reference: 0.7)
+    num_generations: int = 5  # G replies per prompt
+    max_new_tokens: int = 8192  # reply cap
+    temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0
     prompts_per_call: int = 0  # prompts per sampler call, all hosts together (bounds the KV cache); 0 = the batch
@@ -94,7 +106,7 @@ class GRPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 1e-6
     schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0
     weight_decay: float = 0.01
@@ -110,24 +122,26 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 20  # rollout steps (GRPO) or optimizer steps (SFT)
-    batch_size: int = 8  # prompts per rollout step, all hosts together (reference: 1024)
-    mini_batch_size: int = 4  # prompts per optimizer step (reference: 256)
-    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; padded layout)
-    layout: str = "packed"  # packed (prefix-shared groups, train/packing.py) | padded (one row per reply)
-    pack_tokens: int = 0  # packed layout: row length budget (a ladder rung); 0: the longest group's rung
-    micro_batch_rows: int = 0  # packed rows per forward/backward pass; 0 = one per device of the batch axes
+    # rollout steps (GRPO) or optimizer steps (SFT); null: the whole batches data.num_epochs passes hold. Given,
+    # it wins over data.num_epochs (which is then not used); one of the two must be set
+    steps: int | None = None
+    batch_size: int = 1024  # prompts per rollout step, all hosts together
+    mini_batch_size: int = 256  # prompts per optimizer step
+    pack_tokens: int = 0  # row length budget of the packed rows (a ladder rung); 0: the longest group's rung
+    # packed rows (train/packing.py) per forward/backward pass (gradient accumulation); 0 = one per device of the
+    # batch axes
+    micro_batch_rows: int = 0
     seed: int = 0
     log_every: int = 1
-    sample_every: int = 2  # log a few sample replies every N steps (0: never)
-    eval_every: int = 5  # greedy validation on held-out records every N steps (0: never)
-    eval_size: int = 7
+    sample_every: int = 10  # log a few sample replies every N steps (0: never)
+    eval_every: int = 20  # greedy validation on held-out records every N steps (0: never)
+    eval_size: int = 256
     reward_workers: int = 0  # processes scoring replies (0: in the training process)
     # where metrics go besides metrics.jsonl: tensorboard (event files in run_dir/tensorboard) and/or wandb
     # (Weights & Biases, `pip install 'tooln1-jax[wandb]'`; WANDB_MODE=offline works without an account)
     report_to: tuple[str, ...] = ("tensorboard",)
     wandb_project: str = "tooln1-jax"
-    run_dir: str = "runs/demo"
+    run_dir: str = "runs/tooln1"
     # JAX's persistent compilation cache (local or gs://; null or "" = off): compiled programs are kept there and
     # loaded, not compiled again, by a later run with the same programs, shapes, devices and jax version (a
     # restart, --resume, the next run of a config). It saves nothing on a first run, or for programs that compile
@@ -138,19 +152,19 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 5  # steps between checkpoints
-    keep: int = 2  # most recent checkpoints kept
+    every: int = 20  # steps between checkpoints
+    keep: int = 3  # most recent checkpoints kept
     async_save: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    max_seq_len: int = 2048  # prompt + target; longer examples are dropped and counted
+    max_seq_len: int = 4608  # prompt + target (data.max_prompt_tokens + 512); longer examples are dropped and counted
     think: str = ""  # text put between <think></think> in the target (the data has no reasoning traces)
     # GRPO runs only: supervised steps (train.batch_size records each) on the policy before the first rollout;
-    # the KL reference is the warm-started policy. 0 = none
-    warm_start_steps: int = 50
-    warm_start_lr: float = 5e-3  # their AdamW learning rate (the rest of `optim` as the run's)
+    # the KL reference is the warm-started policy. 0 = none (the reference run; its SFT-then-RL row: `tooln1 sft`)
+    warm_start_steps: int = 0
+    warm_start_lr: float = 1e-5  # their AdamW learning rate (the SFT configs' lr; the rest of `optim` as the run's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +179,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # made on use: its lora_targets need jax
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
     grpo: GRPOConfig = GRPOConfig()
@@ -256,7 +270,6 @@ RANGES = {
     "train.steps": POSITIVE_INT,
     "train.batch_size": POSITIVE_INT,
     "train.mini_batch_size": POSITIVE_INT,
-    "train.micro_batch_size": POSITIVE_INT,
     "train.seed": NON_NEGATIVE,
     "train.log_every": POSITIVE_INT,
     "train.sample_every": NON_NEGATIVE,  # 0: never
@@ -275,6 +288,13 @@ RANGES = {
     "mesh.tensor": MESH_AXIS,
     "mesh.num_processes": POSITIVE_INT,
     "mesh.process_id": NON_NEGATIVE,
+}
+
+
+# keys that configs used to have: what to set instead
+REMOVED = {
+    "train.micro_batch_size": "set train.micro_batch_rows (packed rows per forward/backward pass) instead",
+    "train.layout": "training always packs each prompt's replies into shared rows (train/packing.py); delete the key",
 }
 
 
@@ -333,6 +353,8 @@ def _build(cls, values: dict, prefix: str, where: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if key in REMOVED:
+            raise ConfigError(f"{where}: {key} was removed: {REMOVED[key]}")
         raise ConfigError(f"{where}: unknown key {key!r}; known keys here: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
@@ -439,6 +461,27 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig
     return config
 
 
+RANDOM_INIT_SHAPE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size",
+                     "tie_word_embeddings")  # the model fields a random initialisation without a preset needs
+REF_DTYPES = ("param", "compute")  # grpo.ref_dtype, read by the trainer and `tooln1 compile`
+REPORT_TO = ("tensorboard", "wandb")  # train.report_to, wired in train/run.py
+
+
+def choices() -> dict[str, tuple]:
+    """The allowed values of each choice field, taken from the code that implements them (imported on use: the
+    models and the GRPO loss bring jax; the reward names are the reward package's built-ins)."""
+    from tooln1_jax.models import attention, head, qwen2
+    from tooln1_jax.rewards import plugins
+    from tooln1_jax.train import grpo, step
+
+    return {"grpo.kl_type": tuple(grpo.KL_ESTIMATORS), "grpo.loss_agg": grpo.AGG_MODES,
+            "optim.schedule": step.SCHEDULES, "model.dtype": ("auto", *qwen2.DTYPES),
+            "model.param_dtype": qwen2.DTYPES, "rollout.inference_dtype": ("", *qwen2.DTYPES),
+            "model.remat": qwen2.REMAT_POLICIES, "model.attention": attention.IMPLEMENTATIONS,
+            "model.head": head.IMPLEMENTATIONS, "model.lora_targets": qwen2.LORA_TARGETS,
+            "grpo.ref_dtype": REF_DTYPES, "train.report_to": REPORT_TO, "grpo.reward": plugins.BUILTINS}
+
+
 def validate(config: RunConfig) -> None:
     """Ranges of every value, then cross-field checks, before any long work starts."""
     check_ranges(config)
@@ -446,46 +489,43 @@ def validate(config: RunConfig) -> None:
     if t.batch_size % t.mini_batch_size:
         raise ConfigError(f"train.batch_size {t.batch_size} is not a multiple of train.mini_batch_size "
                           f"{t.mini_batch_size}")
-    if (t.mini_batch_size * r.num_generations) % t.micro_batch_size:
-        raise ConfigError(f"a mini-batch of {t.mini_batch_size} prompts x {r.num_generations} generations is not "
-                          f"a multiple of train.micro_batch_size {t.micro_batch_size}")
-    if config.model.remat not in (False, True, "none", "dots", "full"):
-        raise ConfigError(f"model.remat must be one of false, true, none, dots, full; got {config.model.remat!r}")
-    if config.sft.warm_start_steps and t.layout == "padded" and t.batch_size % t.micro_batch_size:
-        raise ConfigError(f"the warm start's batches of train.batch_size {t.batch_size} records are not a multiple "
-                          f"of train.micro_batch_size {t.micro_batch_size}")
-    choices = {"grpo.kl_type": (g.kl_type, ("kl", "abs", "mse", "low_var_kl")),
-               "grpo.loss_agg": (g.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm",
-                                                "token-mean-per-micro")),
-               "optim.schedule": (config.optim.schedule, ("constant", "cosine")),
-               "model.dtype": (config.model.dtype, ("auto", "float32", "bfloat16")),
-               "model.param_dtype": (config.model.param_dtype, ("float32", "bfloat16")),
-               "rollout.inference_dtype": (r.inference_dtype, ("", "float32", "bfloat16", "float16")),
-               "model.attention": (config.model.attention, ("auto", "dense", "blockwise", "xla", "cudnn")),
-               "model.head": (config.model.head, ("auto", "chunked", "tiled")),
-               "train.layout": (t.layout, ("packed", "padded")),
-               "grpo.ref_dtype": (g.ref_dtype, ("param", "compute"))}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-    lora_targets = ModelConfig.lora_targets  # the default is every projection
-    if config.model.lora_rank:
-        wrong = sorted(set(config.model.lora_targets) - set(lora_targets))
-        if wrong or not config.model.lora_targets:
-            raise ConfigError(f"model.lora_targets must be a non-empty subset of {', '.join(lora_targets)}; got "
-                              f"{list(config.model.lora_targets)}")
+    m = config.model
+    unset = [f"model.{name}" for name in RANDOM_INIT_SHAPE if getattr(m, name) is None]
+    if not m.path and not m.preset and unset:
+        raise ConfigError(f"no model: set model.path (an HF directory, hub id or .gguf file), model.preset (a "
+                          f"Qwen2.5 shape, randomly initialised) or the whole random-init shape ({', '.join(unset)} "
+                          "unset). The defaults are the reference recipe, without a model; `tooln1 train` with no "
+                          "--config and no --set runs the CPU demo (configs/demo.yaml)")
+    if t.steps is None and config.data.num_epochs is None:
+        raise ConfigError("train.steps and data.num_epochs are both null: set one of them, the run's length "
+                          "(train.steps wins when both are set)")
+    allowed = choices()
+    for key in ("grpo.kl_type", "grpo.loss_agg", "optim.schedule", "model.dtype", "model.param_dtype",
+                "rollout.inference_dtype", "model.remat", "model.attention", "model.head", "grpo.ref_dtype"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed[key]:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed[key]))}; got {value!r}")
+    if m.lora_rank:
+        targets = allowed["model.lora_targets"]
+        if set(m.lora_targets) - set(targets) or not m.lora_targets:
+            raise ConfigError(f"model.lora_targets must be a non-empty subset of {', '.join(targets)}; got "
+                              f"{list(m.lora_targets)}")
         if config.optim.token_rows:
             raise ConfigError("optim.token_rows trains embedding rows, which are frozen with LoRA "
                               "(model.lora_rank > 0): use one or the other")
-    unknown = sorted(set(t.report_to) - {"tensorboard", "wandb"})
+    unknown = sorted(set(t.report_to) - set(allowed["train.report_to"]))
     if unknown:
-        raise ConfigError(f"train.report_to: unknown {unknown}; choose among tensorboard, wandb (or [])")
+        raise ConfigError(f"train.report_to: unknown {unknown}; choose among "
+                          f"{', '.join(allowed['train.report_to'])} (or [])")
     if not g.reward:
         raise ConfigError("grpo.reward is empty: name at least one reward")
+    from tooln1_jax.rewards import plugins  # the reward names are strings here; their rules are the package's
+
     for spec in g.reward:
         if not plugins.is_builtin(spec) and not plugins.is_plugin_spec(spec):
-            raise ConfigError(f"grpo.reward {spec!r} is neither a built-in ({', '.join(plugins.BUILTINS)}) nor a "
-                              "plug-in 'package.module:function'")
+            raise ConfigError(f"grpo.reward {spec!r} is neither a built-in ({', '.join(allowed['grpo.reward'])}) "
+                              "nor a plug-in 'package.module:function'")
     if g.reward_weights and len(g.reward_weights) != len(g.reward):
         raise ConfigError(f"grpo.reward_weights has {len(g.reward_weights)} values for {len(g.reward)} rewards "
                           f"{list(g.reward)}")

@@ -9,6 +9,8 @@
 In an object store (gs://, see `paths`) writing one object is already all-or-nothing: `open_atomic` collects the
 text and writes the object once at the end; `replace_dir` fills a local temporary directory and then copies its
 files over (each file whole, the set not in one step).
+- `AppendFile`: a growing text file (metrics.jsonl, samples.jsonl, run.log). Object stores have no append and no
+  rename: there it keeps the text and writes the whole object again when flushed (these files are small).
 
 Pure Python (no jax).
 """
@@ -19,8 +21,9 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import io
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -119,3 +122,52 @@ def strict_json(value: Any, **kwargs) -> str:
         return json.dumps(value, allow_nan=False, **kwargs)
     except ValueError:  # a non-finite float somewhere (the only ValueError json.dumps raises besides cycles)
         return json.dumps(finite(value), allow_nan=False, **kwargs)
+
+
+class AppendFile:
+    """A text file written by appending, on a local disk (appended and flushed) or in an object store (the whole
+    text written again on `flush`, at most every `min_interval` seconds, and always on `close`). The text already
+    there is kept; `replace(text)` rewrites it (used to drop lines on resume)."""
+
+    def __init__(self, location, *, min_interval: float = 0.0):
+        self.path = paths.path(location)
+        self.remote = paths.is_remote(location)
+        self.min_interval = min_interval
+        self._local = None
+        self._text = None
+        self._dirty = False
+        self._uploaded_at = 0.0
+
+    def read(self) -> str:
+        return self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+
+    def replace(self, text: str) -> None:
+        self.close()
+        write_text(self.path, text)
+        if self.remote:
+            self._text = text
+
+    def write(self, text: str) -> None:
+        if not self.remote:
+            if self._local is None:
+                self._local = open(self.path, "a", encoding="utf-8")
+            self._local.write(text)
+            return
+        if self._text is None:
+            self._text = self.read()
+        self._text += text
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        if self._local is not None:
+            self._local.flush()
+        elif self._dirty and (force or time.monotonic() - self._uploaded_at >= self.min_interval):
+            self.path.write_text(self._text, encoding="utf-8")
+            self._dirty = False
+            self._uploaded_at = time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+        if self._local is not None:
+            self._local.close()
+            self._local = None

@@ -204,13 +204,16 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules)))
 
 
-def global_max(value: int) -> int:
-    """The largest `value` over all processes (shapes every host must agree on)."""
+def global_max(*values: int):
+    """The largest of each value over all processes, in one collective (shapes every host must agree on): an int
+    for one value, a list for several."""
     if jax.process_count() == 1:
-        return int(value)
-    from jax.experimental import multihost_utils
+        out = [int(v) for v in values]
+    else:
+        from jax.experimental import multihost_utils
 
-    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+        out = multihost_utils.process_allgather(np.asarray(values, np.int64)).max(axis=0).tolist()
+    return out[0] if len(values) == 1 else out
 
 
 def check_batch_layout(mesh: Mesh) -> None:

@@ -1,4 +1,5 @@
-"""Files shipped with the package: the Qwen2.5 tokenizer, the Tool-N1 prompt, sample data, benchmarks.
+"""Files shipped with the package: the Qwen2.5 tokenizer, the Tool-N1 prompt, sample data, the CPU demo (its
+records and its run config), benchmarks.
 
 No jax import here: the data, reward and checker code use these paths too.
 """
@@ -14,6 +15,7 @@ from tooln1_jax import paths
 ASSETS_DIR = Path(__file__).resolve().parent
 TOKENIZER_DIR = ASSETS_DIR / "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+DEMO_CONFIG = ASSETS_DIR / "demo" / "config.yaml"  # `tooln1 train` with no --config and no --set; configs/demo.yaml
 
 
 def path(*parts: str) -> Path:
@@ -66,6 +68,19 @@ def _hub_cached_tokenizer(repo_id: str) -> Path | None:
     except Exception:  # not a valid repo id, or nothing cached
         return None
     return path if has_tokenizer(path) else None
+
+
+def copy_tokenizer(model: str | os.PathLike | None, out: str | os.PathLike) -> Path:
+    """Copy the tokenizer files of `model` (as `tokenizer_dir_for` finds them) into the directory `out`, so a
+    written model directory loads with its tokenizer; returns where they came from."""
+    import shutil
+
+    source, why = tokenizer_dir_for(model)
+    logging.getLogger(__name__).info("tokenizer files from %s (%s)", source, why)
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copyfile(source / name, Path(out) / name)
+    return source
 
 
 def load_tokenizer(model: str | os.PathLike | None = None):

@@ -2,7 +2,8 @@
 JSON with its wall and CPU seconds, the GRPO reward of each step and the demo's acceptance figures.
 
     python -m tooln1_jax.bench.demo                       # the demo itself
-    python -m tooln1_jax.bench.demo -- --set train.steps=6  # a variant
+    python -m tooln1_jax.bench.demo -- --config configs/demo.yaml --set train.steps=6  # a variant (--set alone
+                                                                                    # starts from the defaults)
     python -m tooln1_jax.bench.demo --check runs/demo       # the figures of a finished run; exit 1 if they fail
 
 Acceptance (README, "Quick start"): at least 6 GRPO steps; the mean reward of the last three >= 0.3 and >= 0.25

@@ -66,13 +66,12 @@ def _both_models(preset, layers, seed, dtype):
     return model, config, inference.prepare(config, params)
 
 
-def _engine_stats(before: dict, after: dict, seconds: float | None = None) -> dict:
-    delta = {k: after[k] - before[k] for k in after}
-    out = {"decode_steps": delta["decode_steps"], "slot_steps": delta["slot_steps"],
-           "useful_tokens": delta["useful_tokens"], "compiles": delta["compiles"],
-           "slot_utilisation": round(delta["useful_tokens"] / max(delta["slot_steps"], 1), 4)}
+def _engine_stats(stats, seconds: float | None = None) -> dict:
+    """A `RolloutStats` as the benchmark reports it."""
+    out = {"decode_steps": stats.decode_steps, "slot_steps": stats.slot_steps, "useful_tokens": stats.useful_tokens,
+           "compiles": stats.compiles, "slot_utilisation": round(stats.utilisation, 4)}
     if seconds:
-        out["tokens_per_s"] = round(delta["useful_tokens"] / seconds, 2)
+        out["tokens_per_s"] = round(stats.useful_tokens / seconds, 2)
     return out
 
 
@@ -82,7 +81,7 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
     import jax
 
     from tooln1_jax import shapes
-    from tooln1_jax.rollout import engine, sampler
+    from tooln1_jax.rollout import sampler
 
     model, config, params = _both_models(preset, layers, seed, dtype)
     rng = np.random.default_rng(seed)
@@ -93,16 +92,14 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
         out = sampler.generate(config, params, prompt_ids, num_samples=group, max_new_tokens=n, temperature=1.0,
                                stop_ids=(), rng=jax.random.key(seed), num_slots=slots, chunk_steps=chunk_steps)
         assert (out.lengths == n).all()
+        return out.stats
 
     start = time.perf_counter()
-    stats0 = dict(engine.STATS)
-    ours(new_tokens)
-    ours(1)
+    compiles = ours(new_tokens).compiles + ours(1).compiles
     compile_and_first = time.perf_counter() - start
-    compiles = engine.STATS["compiles"] - stats0["compiles"]
-    stats0 = dict(engine.STATS)
-    seconds = _median_seconds(lambda: ours(new_tokens), repeats)
-    stats = _engine_stats(stats0, engine.STATS)
+    timed = []
+    seconds = _median_seconds(lambda: timed.append(ours(new_tokens)), repeats)
+    stats = _engine_stats(sum(timed, sampler.RolloutStats()))
     prefill_seconds = _median_seconds(lambda: ours(1), repeats)
     step = (seconds - prefill_seconds) / max(new_tokens - 1, 1)
     result = {"benchmark": "rollout", "mode": "uniform", "preset": preset, "layers": config.num_hidden_layers,
@@ -179,12 +176,11 @@ def lengthmix(preset="0.5b", prompts=16, group=8, prompt_len=64, new_tokens=128,
                           num_slots=slots, chunk_steps=chunk_steps)
 
     start = time.perf_counter()
-    stats0 = dict(engine.STATS)
     out = ours()
     first = time.perf_counter() - start
     assert (out.lengths == lengths).all()
-    stats0, start = dict(engine.STATS), time.perf_counter()
-    ours()
+    start = time.perf_counter()
+    stats = ours().stats
     seconds = time.perf_counter() - start
     useful = int(lengths.sum())
     result = {"benchmark": "rollout", "mode": "lengthmix", "preset": preset, "layers": config.num_hidden_layers,
@@ -192,7 +188,7 @@ def lengthmix(preset="0.5b", prompts=16, group=8, prompt_len=64, new_tokens=128,
               "short": list(short), "slots": slots, "chunk_steps": chunk_steps, "useful_tokens": useful,
               "reply_len_mean": round(float(lengths.mean()), 1), "backend": jax.default_backend(),
               "ours": {"seconds": round(seconds, 3), "first_call_with_compile_seconds": round(first, 2),
-                       **_engine_stats(stats0, engine.STATS, seconds)},
+                       **_engine_stats(stats, seconds)},
               "static_batch": {"rows": slots, "slot_utilisation": round(static_utilisation(lengths, slots), 4),
                                "one_batch_of_all_samples_utilisation":
                                    round(static_utilisation(lengths, len(lengths)), 4)}}
@@ -229,7 +225,7 @@ def real(model_path: str, chats: str, group=4, new_tokens=256, temperature=0.7, 
     args = argparse.Namespace(model=model_path, messages=chats, tools=None, max_new_tokens=new_tokens,
                               temperature=temperature, top_p=1.0, top_k=0, num_samples=group,
                               batch_size=batch_size, seed=seed, dtype=dtype)
-    out, stats0, start = io.StringIO(), dict(engine.STATS), time.perf_counter()
+    out, built, start = io.StringIO(), engine.programs_built(), time.perf_counter()
     generate.run(args, out=out)
     seconds = time.perf_counter() - start
     rows = [json_.loads(line) for line in out.getvalue().splitlines()]
@@ -237,7 +233,7 @@ def real(model_path: str, chats: str, group=4, new_tokens=256, temperature=0.7, 
     result = {"benchmark": "rollout", "mode": "real", "model": str(model_path), "chats": str(chats),
               "prompts": len(rows) // group, "group": group, "new_tokens": new_tokens, "temperature": temperature,
               "ours": {"seconds_total": round(seconds, 2), "replies": len(rows), "tokens": tokens,
-                       "tokens_per_s": round(tokens / seconds, 2), **_engine_stats(stats0, engine.STATS)}}
+                       "tokens_per_s": round(tokens / seconds, 2), "compiles": engine.programs_built() - built}}
     if compare:
         import torch
         from pathlib import Path

@@ -1,10 +1,10 @@
-"""Benchmark: the GRPO training passes (old log-probs, reference log-probs, the update) in the padded layout (the
-code before prefix-shared packing) and in the packed layout, on one rollout, in one process; prints JSON.
+"""Benchmark: the GRPO training passes (old log-probs, reference log-probs, the update) of one rollout in the packed
+layout, in one process; prints JSON.
 
     python -m tooln1_jax.bench.train [--layers 4 --hidden 256 --prompts 8 --group 4 --new-tokens 64 --repeats 3]
 
 The shipped sample data with the Tool-N1 prompt, a random Qwen2 shape with the real vocabulary, one rollout
-(random rewards, so advantages are not zero). Each layout's passes are timed `--repeats` times after one warm-up
+(random rewards, so advantages are not zero). The passes are timed `--repeats` times after one warm-up
 (compilation, reported separately); medians. "computed_per_useful" is the token positions the transformer runs
 per useful token (each prompt once per group + the replies); "padding_frac" the share of positions holding no
 token. Then the packed update under each remat policy: its median time and the compiled program's temporary
@@ -15,7 +15,6 @@ need a separate old log-prob pass).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 
 
 def _trainer(args, run_dir):
+    from tooln1_jax import assets
     from tooln1_jax import config as config_lib
     from tooln1_jax.train.trainer import GRPOTrainer
 
@@ -34,22 +34,17 @@ def _trainer(args, run_dir):
                  f"model.num_heads={max(1, args.hidden // 64)}", f"model.num_kv_heads={max(1, args.hidden // 128)}",
                  f"model.dtype={args.dtype}", f"model.head={args.head}", f"train.batch_size={args.prompts}",
                  f"train.mini_batch_size={args.mini_batch or args.prompts}",
-                 f"train.micro_batch_size={args.micro_batch or args.prompts * args.group}",
+                 f"train.micro_batch_rows={args.micro_rows}",
                  f"train.pack_tokens={args.pack_tokens}", f"rollout.num_generations={args.group}",
                  f"rollout.max_new_tokens={args.new_tokens}", "train.eval_every=0", "data.test=null",
                  "checkpoint.async_save=false", "data.train=samples", "sft.warm_start_steps=0"]
-    cfg = config_lib.load(None, overrides)
+    cfg = config_lib.load(assets.DEMO_CONFIG, overrides)  # the demo's settings where these say nothing
     return GRPOTrainer(cfg, run_dir=run_dir)
-
-
-def _with_train(t, **changes):
-    t.cfg = t.cfg.replace(train=dataclasses.replace(t.cfg.train, **changes))
 
 
 def _passes(t, records, generated, advantages):
     """The three passes of one step (as `GRPOTrainer.train_step` runs them), finished on the device."""
-    batches, prompt_width = t.minibatches(records, generated, advantages)
-    metrics = t.update(batches, prompt_width)
+    metrics = t.update(t.minibatches(records, generated, advantages))
     jax.block_until_ready(t.params)
     return metrics
 
@@ -96,17 +91,12 @@ def run(args) -> dict:
                   "reply_tokens": {"mean": float(np.mean(lengths)), "max": max(lengths)},
                   "rollout_s": round(rollout_seconds, 3), "rollout_first_s": round(rollout_first, 3),
                   "devices": jax.device_count(), "backend": jax.default_backend()}
-        for layout in args.layouts.split(","):
-            _with_train(t, layout=layout)
-            warmup, median, times = _time(lambda: _passes(t, records, generated, advantages), args.repeats)
-            result[layout] = {"update_s_median": round(median, 3), "update_s": [round(x, 3) for x in times],
-                              "first_s_with_compile": round(warmup, 3),
-                              **{k.split("/")[1]: round(v, 4) for k, v in t.layout_metrics().items()}}
-        if "padded" in result and "packed" in result:
-            result["speedup"] = round(result["padded"]["update_s_median"] / result["packed"]["update_s_median"], 2)
+        warmup, median, times = _time(lambda: _passes(t, records, generated, advantages), args.repeats)
+        result["packed"] = {"update_s_median": round(median, 3), "update_s": [round(x, 3) for x in times],
+                            "first_s_with_compile": round(warmup, 3),
+                            **{k.split("/")[1]: round(v, 4) for k, v in t.layout_metrics().items()}}
 
         if args.remat:
-            _with_train(t, layout="packed")
             base = t.model_config
             result["remat"] = {}
             for policy in ("none", "dots", "full"):
@@ -122,9 +112,8 @@ def run(args) -> dict:
 
 def _compiled_temp_bytes(t, records, generated, advantages) -> int:
     """XLA's temporary bytes of the packed GRPO update program on this batch (compiled ahead of time)."""
-    batches, _ = t.minibatches(records, generated, advantages)
-    batch = {k: v for k, v in batches[0].items() if k != "entropy"}
-    program = t.steps.grpo_packed_program(batch, t.packed_settings)
+    batch = {k: v for k, v in t.minibatches(records, generated, advantages)[0].items() if k != "entropy"}
+    program = t.steps.grpo_packed_program(batch, t.settings)
     return int(program.lower(t.params, t.opt_state, batch).compile().memory_analysis().temp_size_in_bytes)
 
 
@@ -137,13 +126,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--mini-batch", type=int, default=None, help="prompts per update (default: all)")
-    parser.add_argument("--micro-batch", type=int, default=None, help="padded layout rows per pass (default: all)")
+    parser.add_argument("--micro-rows", type=int, default=0, help="packed rows per pass (0: one per device)")
     parser.add_argument("--pack-tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--head", default="auto", choices=["auto", "chunked", "tiled"],
                         help="training log-prob head (model.head; auto is tiled on a CPU)")
-    parser.add_argument("--layouts", default="padded,packed", help="comma-separated: padded, packed")
     parser.add_argument("--no-remat", dest="remat", action="store_false", help="skip the remat-policy timings")
     args = parser.parse_args(argv)
     result = run(args)

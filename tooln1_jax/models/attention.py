@@ -6,7 +6,8 @@ i.e. the same group, causal order, and keys of the shared prompt (prefix 0) or o
 causal row is segment 1, prefix 0 everywhere. Every row must let each token see itself (true for this rule).
 
 Implementations (all take q [B, T, H, D], k/v [B, T, KV, D] with H a multiple of KV, and return [B, T, H, D]):
-- "dense": `reference`, float32 scores [B, H, T, T]; what every other one is tested against; the CPU default.
+- "dense": `reference` (`grouped`, the dense core the KV-cache path shares), float32 scores [B, H, T, T];
+  what every other one is tested against; the CPU default.
 - "blockwise": keys in blocks of `BLOCK`, online softmax, and a hand-written backward that recomputes each block
   (flash-attention style), so no [H, T, T] array exists in either pass; the default on accelerators.
 - "xla": `jax.nn.dot_product_attention(implementation="xla")`, a dense kernel: it materialises float32 logits
@@ -47,15 +48,24 @@ def mask(segment_ids: jax.Array, prefix_ids: jax.Array) -> jax.Array:
     return allowed(segment_ids, prefix_ids, index, segment_ids, prefix_ids, index)
 
 
-def reference(q, k, v, segment_ids, prefix_ids):
-    """Dense attention with float32 scores and softmax (the same arithmetic as the cached path of qwen2)."""
+def grouped(q, k, v, visible, kv_layout: str = "bskd"):
+    """The grouped-query softmax attention every dense path runs (training's reference, the rollout's KV cache).
+
+    q [B, T, H, D], H a multiple of KV, each query head grouped with the KV head it shares; k, v [B, S, KV, D]
+    ("bskd") or [B, KV, S, D] ("bksd", a KV cache's layout); visible bool [B, T, S]. Float32 scores and softmax,
+    hidden keys scored MASK_VALUE. Returns [B, T, H, D] in q's dtype."""
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[kv_layout.index("k")]
     qg = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask(segment_ids, prefix_ids)[:, None, None], scores, MASK_VALUE)
+    scores = jnp.einsum(f"btkgd,{kv_layout}->bkgts", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(visible[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+    return jnp.einsum(f"bkgts,{kv_layout}->btkgd", probs, v).reshape(b, t, h, d)
+
+
+def reference(q, k, v, segment_ids, prefix_ids):
+    """Dense attention of a packed row: `grouped` under the ids' mask."""
+    return grouped(q, k, v, mask(segment_ids, prefix_ids))
 
 
 def dot_product(q, k, v, segment_ids, prefix_ids):

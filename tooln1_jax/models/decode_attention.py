@@ -2,17 +2,16 @@
 
 The cache of one layer is [rows, kv_heads, capacity, head_dim]: entry i of a row holds the key/value of that row's
 token at position i, so a query at position p attends to entries [0, p]. Callers pass `width` (static, bucketed)
->= 1 + the largest live position, so the read stops at the longest live context instead of the capacity. This is
-the reference path (and the CPU one); an accelerator kernel must agree with it.
+>= 1 + the largest live position, so the read stops at the longest live context instead of the capacity. The
+softmax is `attention.grouped`, the training path's dense core; an accelerator kernel must agree with it.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+from tooln1_jax.models import attention
 
 
 def write(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
@@ -23,12 +22,15 @@ def write(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array, width: int) -> jax.Array:
     """q [B, T, H, D] at positions [B, T]; k, v [B, KV, C, D] caches. Returns [B, T, H, D] (q's dtype)."""
-    b, t, h, d = q.shape
-    kv = k.shape[1]
-    k, v = k[:, :, :width], v[:, :, :width]
-    q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bkwd->bkgtw", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
     visible = jnp.arange(width)[None, None, :] <= positions[:, :, None]  # [B, T, W]
-    scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgtw,bkwd->btkgd", probs, v).reshape(b, t, h, d)
+    return attention.grouped(q, k[:, :, :width], v[:, :, :width], visible, kv_layout="bksd")
+
+
+def over_cache(cache: tuple[jax.Array, jax.Array], positions: jax.Array, width: int):
+    """The attention of one decoder layer (`qwen2.decoder_layer`'s `attend`) over its cache (k, v): writes the new
+    keys/values at `positions`, attends over entries [0, width), and returns the updated cache beside the output."""
+    def attend_cached(q, k, v):
+        ck, cv = write(cache[0], k, positions), write(cache[1], v, positions)
+        return attend(q, ck, cv, positions, width), (ck, cv)
+
+    return attend_cached

@@ -3,7 +3,7 @@ adapters into the base weights (for export and inference).
 
 With `Qwen2Config.lora_rank > 0` each target projection `<name>` gets a sibling `<name>_lora` holding `a`
 [in, rank] and `b` [rank, out] (stacked over layers like every layer parameter); the model adds
-`(x a) b * alpha / rank` to the projection's output (`qwen2.LoRA`). A tree with adapters trains only them
+`(x a) b * alpha / rank` to the projection's output (`qwen2.decoder_layer`). A tree with adapters trains only them
 (`partition`): the base weights get no gradients and no optimizer state, and the GRPO reference policy is the
 same base with a copy of the starting adapters (no second copy of the weights). A tree without adapters is all trainable, unchanged.
 """
@@ -18,7 +18,7 @@ from tooln1_jax import parallel
 from tooln1_jax.models import qwen2
 from tooln1_jax.models.qwen2 import Qwen2Config
 
-SUFFIX = "_lora"
+SUFFIX = qwen2.LORA_SUFFIX
 
 
 def _is_adapter(path: tuple[str, ...]) -> bool:

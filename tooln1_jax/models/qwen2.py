@@ -1,40 +1,42 @@
-"""Qwen2 / Qwen2.5 decoder in Flax Linen, with a functional entry point.
+"""Qwen2 / Qwen2.5 decoder: parameters declared with Flax, the model as plain functions.
 
 Architecture (as transformers' `Qwen2ForCausalLM`): token embedding, N x [RMSNorm -> grouped-query attention with
 rotary embeddings and q/k/v biases (no o bias) -> residual, RMSNorm -> SwiGLU MLP -> residual], final RMSNorm, LM head
-(tied to the embedding or separate). Layers are stacked along a leading "layers" axis and run with `nn.scan`, so the
-program compiles once per shape whatever the depth.
+(tied to the embedding or separate).
+
+`decoder_layer` is the one block: its attention is a function passed in, so the training forward (`hidden_states`:
+the layers stacked on a leading "layers" axis and run with `lax.scan`, one compile per shape whatever the depth;
+attention by ids in `models/attention.py`) and the rollout's prefill and decode (`rollout/inference.py`: per-layer KV
+caches, `models/decode_attention.py`) run the same code. Rotary positions are explicit per token.
 
 Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `norm`,
 `layers`); `tooln1_jax.parallel` maps them onto a device mesh.
-
-Attention works on "slots": without a cache the slots are the input positions; with a `KVCache` the new tokens are
-written at slots `[cache.index, cache.index + T)` and attend to every earlier valid slot. Rotary positions are
-explicit per token, so left-padded, right-padded and cached batches all get the right positions. Packed training
-rows (no cache) give `segment_ids`/`prefix_ids` instead, and attention goes through `models/attention.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tooln1_jax.models import attention
 from tooln1_jax.models.head import resolve as resolve_head
 from tooln1_jax.parallel import constrain
 
 Params = Any
-HIDDEN = ("batch", "length", "act_embed")  # logical axes of [B, T, E] activations
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give a uniform softmax, not NaN
+HIDDEN = ("batch", "length", "act_embed")  # logical axes of activations: [B, T, E], [B, T, H, D], ...
+HEADS = ("batch", "length", "act_heads", "head_dim")
+KV_HEADS = ("batch", "length", "act_kv_heads", "head_dim")
+MLP = ("batch", "length", "act_mlp")
 REMAT_POLICIES = (False, True, "none", "dots", "full")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_SUFFIX = "_lora"  # the adapter of projection <name> is its sibling <name>_lora (models/lora.py)
+DTYPES = ("float32", "bfloat16", "float16")  # compute and parameter dtypes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +85,8 @@ class Qwen2Config:
             raise ValueError(f"lora_targets must be a non-empty subset of {', '.join(LORA_TARGETS)}; got "
                              f"{list(self.lora_targets)}")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {', '.join(DTYPES)}, got {getattr(self, name)!r}")
 
     @property
     def remat_policy(self) -> str:
@@ -167,82 +169,108 @@ class Qwen2Config:
         }
 
 
-@flax.struct.dataclass
-class KVCache:
-    """Keys/values of every layer at every slot, which slots hold real tokens, and the next slot to write.
-
-    k, v: [layers, batch, slots, kv_heads, head_dim] (compute dtype); valid: [batch, slots] bool; index: int32 [].
-    """
-
-    k: jax.Array
-    v: jax.Array
-    valid: jax.Array
-    index: jax.Array
-
-    @property
-    def num_slots(self) -> int:
-        return self.k.shape[2]
+# ---- parameters ---------------------------------------------------------------------------------------------------
+# Declared by one Linen module that holds no math, with the module names and creation order flax has always seen
+# here, so a seed gives the same values; the model itself is the functions further down.
+class _Param(NamedTuple):
+    init: Any  # a flax initializer with logical axis names
+    shape: tuple[int, ...]
 
 
-def init_cache(config: Qwen2Config, batch: int, num_slots: int) -> KVCache:
-    shape = (config.num_hidden_layers, batch, num_slots, config.num_key_value_heads, config.head_dim)
-    return KVCache(k=jnp.zeros(shape, config.dtype), v=jnp.zeros(shape, config.dtype),
-                   valid=jnp.zeros((batch, num_slots), bool), index=jnp.zeros((), jnp.int32))
+class _Stacked(NamedTuple):
+    """A submodule declared once per layer, stacked on a leading "layers" axis (one rng per layer)."""
+    tree: tuple
 
 
-CACHE_LOGICAL_AXES = KVCache(k=("layers", "batch", "length", "kv_heads", "head_dim"),
-                             v=("layers", "batch", "length", "kv_heads", "head_dim"),
-                             valid=("batch", "length"), index=())
-
-
-# ---- layers ------------------------------------------------------------------------------------------------------
-def _init(config: Qwen2Config, names: tuple[str, ...]):
+def _normal(config: Qwen2Config, names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
 
 
-def _zeros(names: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+def _projection(config: Qwen2Config, name: str, in_shape: tuple[int, ...], in_axes: tuple[str, ...],
+                out_shape: tuple[int, ...], out_axes: tuple[str, ...], bias: bool) -> tuple:
+    """Projection `name` (kernel [*in, *out], bias [*out]) and, when it is a LoRA target, its adapter `<name>_lora`:
+    a [in, rank] and b [rank, out] over the flattened dims (PEFT's init: a uniform with bound 1/sqrt(in), b zero, so
+    a fresh adapter changes nothing)."""
+    leaves = (("kernel", _Param(_normal(config, in_axes + out_axes), in_shape + out_shape)),)
+    if bias:
+        leaves += (("bias", _Param(nn.with_logical_partitioning(nn.initializers.zeros_init(), out_axes), out_shape)),)
+    declared = ((name, leaves),)
+    if config.lora_rank and name in config.lora_targets:
+        a = nn.with_logical_partitioning(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"), (None, None))
+        b = nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, None))
+        declared += ((f"{name}{LORA_SUFFIX}", (("a", _Param(a, (math.prod(in_shape), config.lora_rank))),
+                                       ("b", _Param(b, (config.lora_rank, math.prod(out_shape)))))),)
+    return declared
 
 
-class LoRA(nn.Module):
-    """The low-rank update of one projection, x -> (x A) B * alpha / rank over its flattened input and output
-    (PEFT's conventions: A uniform with bound 1/sqrt(fan_in), B zero, so a fresh adapter changes nothing)."""
+def _declarations(config: Qwen2Config) -> tuple:
+    """The parameter tree as ((name, _Param | _Stacked | subtree), ...), HF's names: params["model"][...] and, when
+    the head is untied, params["lm_head"]["kernel"]."""
+    c = config
+    e, f, h, kv, d = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    norm = (("scale", _Param(nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (e,))),)
+    attn = (_projection(c, "q_proj", (e,), ("embed",), (h, d), ("heads", "head_dim"), True)
+            + _projection(c, "k_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), True)
+            + _projection(c, "v_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), True)
+            + _projection(c, "o_proj", (h, d), ("heads", "head_dim"), (e,), ("embed",), False))
+    mlp = (_projection(c, "gate_proj", (e,), ("embed",), (f,), ("mlp",), False)
+           + _projection(c, "up_proj", (e,), ("embed",), (f,), ("mlp",), False)
+           + _projection(c, "down_proj", (f,), ("mlp",), (e,), ("embed",), False))
+    layer = (("input_layernorm", norm), ("self_attn", attn), ("post_attention_layernorm", norm), ("mlp", mlp))
+    model = (("embed_tokens", (("embedding", _Param(_normal(c, ("vocab", "embed")), (c.vocab_size, e))),)),
+             ("layers", _Stacked(layer)), ("norm", norm))
+    lm_head = (("lm_head", (("kernel", _Param(_normal(c, ("embed", "vocab")), (e, c.vocab_size))),)),)
+    return (("model", model),) + (() if c.tie_word_embeddings else lm_head)
+
+
+class _Declare(nn.Module):
+    """Creates the parameters of `tree` (see `_declarations`) in order; computes nothing."""
 
     config: Qwen2Config
-    in_dims: int  # trailing input dims of x the projection contracts
-    out_shape: tuple[int, ...]
+    tree: tuple
 
     @nn.compact
-    def __call__(self, x):
-        c = self.config
-        lead = x.shape[:x.ndim - self.in_dims]
-        x = x.reshape(*lead, -1)
-        a = self.param("a", nn.with_logical_partitioning(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                                                         (None, None)), (x.shape[-1], c.lora_rank), c.param_dtype)
-        b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, None)),
-                       (c.lora_rank, math.prod(self.out_shape)), c.param_dtype)
-        y = (x @ a.astype(c.dtype)) @ b.astype(c.dtype)
-        return (y * (c.lora_alpha / c.lora_rank)).reshape(*lead, *self.out_shape)
+    def __call__(self, carry=None):
+        for name, node in self.tree:
+            if isinstance(node, _Param):
+                self.param(name, node.init, node.shape, self.config.param_dtype)
+            elif isinstance(node, _Stacked):
+                stacked = nn.scan(_Declare, variable_axes={"params": 0}, split_rngs={"params": True},
+                                  length=self.config.num_hidden_layers,
+                                  metadata_params={nn.PARTITION_NAME: "layers"})
+                stacked(self.config, node.tree, name=name)(None)
+            else:
+                _Declare(self.config, node, name=name)()
+        return carry, None
 
 
-def _with_lora(config: Qwen2Config, name: str, y, x, in_dims: int, out_shape: tuple[int, ...]):
-    """y (the projection `name` of x) plus its adapter's update when `name` is a LoRA target. Call inside the
-    module that owns the projection: the adapter is its sibling `<name>_lora`."""
-    if not config.lora_rank or name not in config.lora_targets:
-        return y
-    return y + LoRA(config, in_dims, out_shape, name=f"{name}_lora")(x)
+def _init_boxed(config: Qwen2Config, rng: jax.Array):
+    return _Declare(config, _declarations(config)).init(rng)["params"]
 
 
-class RMSNorm(nn.Module):
-    config: Qwen2Config
+def init_params(config: Qwen2Config, rng: jax.Array) -> Params:
+    """Randomly initialised parameters (unboxed plain arrays), as HF initialises: normal(0.02), zero biases."""
+    return nn.meta.unbox(_init_boxed(config, rng))
 
-    @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                           (x.shape[-1],), self.config.param_dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
-        return y.astype(self.config.dtype) * scale.astype(self.config.dtype)
+
+def abstract_params(config: Qwen2Config):
+    """(shapes, logical axes) without allocating: a tree of ShapeDtypeStruct and one of PartitionSpecs whose
+    entries are logical axis names (`parallel.shardings` maps them onto a mesh)."""
+    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
+    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+# ---- the decoder ---------------------------------------------------------------------------------------------------
+def embed(config: Qwen2Config, table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Token embeddings [..., E] (compute dtype) from the table [V, E] (token ids are trusted to be in range)."""
+    return table.astype(config.dtype)[tokens]
+
+
+def rms_norm(config: Qwen2Config, x: jax.Array, scale: jax.Array) -> jax.Array:
+    """RMSNorm in float32, scaled in the compute dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + config.rms_norm_eps)
+    return y.astype(config.dtype) * scale.astype(config.dtype)
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -261,181 +289,88 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-class Attention(nn.Module):
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self, x, cos, sin, mask, layer, cache_kv, write_index):
-        c = self.config
-        h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-
-        def proj(name, heads, axis_name):
-            y = nn.DenseGeneral((heads, d), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
-                                kernel_init=_init(c, ("embed", axis_name, "head_dim")),
-                                bias_init=_zeros((axis_name, "head_dim")), name=name)(x)
-            return _with_lora(c, name, y, x, 1, (heads, d))
-
-        heads_axes = ("batch", "length", "act_heads", "head_dim")
-        kv_axes = ("batch", "length", "act_kv_heads", "head_dim")
-        q = constrain(apply_rope(proj("q_proj", h, "heads"), cos, sin), heads_axes)  # [B, T, H, D]
-        k = constrain(apply_rope(proj("k_proj", kv, "kv_heads"), cos, sin), kv_axes)  # [B, T, KV, D]
-        v = constrain(proj("v_proj", kv, "kv_heads"), kv_axes)
-        if cache_kv is not None:  # write the new keys/values at their slots, then attend over all slots
-            cache_k, cache_v = cache_kv
-            at = (layer, 0, write_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
-            cache_kv = (cache_k, cache_v)
-
-        b, t = q.shape[:2]
-        if isinstance(mask, tuple):  # (segment_ids, prefix_ids) of packed rows, no cache
-            out = attention.attend(q, k, v, *mask, implementation=c.attention)
-            return self._out(constrain(out, heads_axes)), cache_kv
-        q = q.reshape(b, t, kv, h // kv, d)  # query heads grouped by the KV head they share
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c.dtype)
-        out = constrain(jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d), heads_axes)
-        return self._out(out), cache_kv
-
-    @nn.nowrap
-    def _out(self, out):
-        c = self.config
-        y = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.dtype,
-                            param_dtype=c.param_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
-                            name="o_proj")(out)
-        return _with_lora(c, "o_proj", y, out, 2, (c.hidden_size,))
+def _linear(config: Qwen2Config, p: Params, name: str, x: jax.Array, in_dims: int = 1) -> jax.Array:
+    """Projection `name` of the module params `p`: x's trailing `in_dims` dims contracted with the kernel's leading
+    ones, plus the bias and, when `p` holds the adapter `<name>_lora`, the LoRA update (x a) b * alpha / rank over
+    the flattened dims. Each kernel contracts in its own layout (training's [E, H, D] and [H, D, E], the rollout's
+    merged [E, H * D] and [H * D, E]); that keeps the training gradients those of flax's DenseGeneral to the bit."""
+    dtype = config.dtype
+    w = p[name]
+    contract = tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims))
+    y = jax.lax.dot_general(x.astype(dtype), w["kernel"].astype(dtype), (contract, ((), ())))
+    if "bias" in w:
+        y = y + w["bias"].astype(dtype)
+    adapter = p.get(f"{name}{LORA_SUFFIX}")
+    if adapter is not None:
+        a, b = adapter["a"], adapter["b"]
+        flat = x.reshape(*x.shape[:x.ndim - in_dims], -1)
+        y = y + (((flat @ a.astype(dtype)) @ b.astype(dtype)) * (config.lora_alpha / a.shape[-1])).reshape(y.shape)
+    return y
 
 
-class MLP(nn.Module):
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-
-        def dense(name, features, axes, inp):
-            y = nn.Dense(features, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-                         kernel_init=_init(c, axes), name=name)(inp)
-            return _with_lora(c, name, y, inp, 1, (features,))
-
-        mlp_axes = ("batch", "length", "act_mlp")
-        gate = constrain(dense("gate_proj", c.intermediate_size, ("embed", "mlp"), x), mlp_axes)
-        up = constrain(dense("up_proj", c.intermediate_size, ("embed", "mlp"), x), mlp_axes)
-        return dense("down_proj", c.hidden_size, ("mlp", "embed"), nn.silu(gate) * up)
+# attend(q [B, T, H, D], k, v [B, T, KV, D]) -> (out [B, T, H, D], aux): the block's attention over its keys, e.g.
+# a packed row's mask (training) or a KV cache it writes and reads (rollout; aux = the updated cache)
+Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
-class DecoderLayer(nn.Module):
-    """One block; called by `nn.scan` with carry (hidden, cache_kv) and the layer index as the scanned input."""
-
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self, carry, layer, cos, sin, mask, write_index):
-        x, cache_kv = carry
-        attn_out, cache_kv = Attention(self.config, name="self_attn")(
-            RMSNorm(self.config, name="input_layernorm")(x), cos, sin, mask, layer, cache_kv, write_index)
-        x = constrain(x + attn_out, HIDDEN)
-        mlp_out = MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
-        x = constrain(x + mlp_out, HIDDEN)
-        return (x, cache_kv), None
-
-
-class Qwen2Model(nn.Module):
-    """Returns the final normalised hidden states [B, T, E] and the updated cache (or None)."""
-
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self, tokens, positions, attention_mask, cache: KVCache | None, segment_ids=None, prefix_ids=None):
-        c = self.config
-        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                         embedding_init=_init(c, ("vocab", "embed")), name="embed_tokens")
-        x = constrain(embed(tokens), HIDDEN)
-        b, t = tokens.shape
-        if cache is None:
-            write_index, valid, cache_kv = 0, attention_mask, None
-            query_slots = jnp.arange(t)
-        else:
-            write_index = cache.index
-            valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, write_index))
-            cache_kv = (cache.k, cache.v)
-            query_slots = write_index + jnp.arange(t)
-        key_slots = jnp.arange(valid.shape[1])
-        mask = (key_slots[None, :] <= query_slots[:, None])[None] & valid[:, None, :]  # [B, T, S]
-        if segment_ids is not None:  # packed rows: the attention kernel builds the mask from the ids
-            if cache is not None:
-                raise ValueError("segment_ids/prefix_ids are for the no-cache (training) path only")
-            mask = (segment_ids, prefix_ids)
-        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
-
-        layer_cls = DecoderLayer
-        if c.remat_policy != "none":
-            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if c.remat_policy == "dots" else None
-            layer_cls = nn.remat(DecoderLayer, prevent_cse=False, policy=policy)
-        layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                         length=c.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-        (x, cache_kv), _ = layers(c, name="layers")((x, cache_kv), jnp.arange(c.num_hidden_layers),
-                                                    cos, sin, mask, write_index)
-        x = RMSNorm(c, name="norm")(x)
-        if cache is not None:
-            cache = KVCache(k=cache_kv[0], v=cache_kv[1], valid=valid, index=cache.index + t)
-        return x, cache
+def decoder_layer(config: Qwen2Config, p: Params, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: Attend):
+    """One block on x [B, T, E] with rotary cos/sin [B, T, D]: x + attention(norm(x)), then + mlp(norm(x)).
+    `p` is one layer of params["model"]["layers"]; returns (x, aux of `attend`)."""
+    b, t = x.shape[:2]
+    h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    attn, mlp = p["self_attn"], p["mlp"]
+    normed = rms_norm(config, x, p["input_layernorm"]["scale"])
+    heads = lambda name, n: _linear(config, attn, name, normed).reshape(b, t, n, d)  # noqa: E731
+    q = constrain(apply_rope(heads("q_proj", h), cos, sin), HEADS)
+    k = constrain(apply_rope(heads("k_proj", kv), cos, sin), KV_HEADS)
+    v = constrain(heads("v_proj", kv), KV_HEADS)
+    out, aux = attend(q, k, v)
+    o_in = attn["o_proj"]["kernel"].shape[:-1]  # (H, D) or the rollout's (H * D,)
+    out = constrain(out, HEADS).reshape(b, t, *o_in)
+    x = constrain(x + _linear(config, attn, "o_proj", out, in_dims=len(o_in)), HIDDEN)
+    normed = rms_norm(config, x, p["post_attention_layernorm"]["scale"])
+    gate = constrain(_linear(config, mlp, "gate_proj", normed), MLP)
+    up = constrain(_linear(config, mlp, "up_proj", normed), MLP)
+    return constrain(x + _linear(config, mlp, "down_proj", jax.nn.silu(gate) * up), HIDDEN), aux
 
 
-class LMHead(nn.Module):
-    """Declares the untied output projection [embed, vocab]; the product itself is `apply_head`."""
-
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self):
-        c = self.config
-        return self.param("kernel", _init(c, ("embed", "vocab")), (c.hidden_size, c.vocab_size), c.param_dtype)
-
-
-class Qwen2ForCausalLM(nn.Module):
-    """The parameter tree mirrors HF names: params["model"][...] and, when untied, params["lm_head"]["kernel"]."""
-
-    config: Qwen2Config
-
-    @nn.compact
-    def __call__(self, tokens, positions, attention_mask, cache=None, segment_ids=None, prefix_ids=None):
-        hidden, cache = Qwen2Model(self.config, name="model")(tokens, positions, attention_mask, cache, segment_ids,
-                                                              prefix_ids)
-        if not self.config.tie_word_embeddings:
-            LMHead(self.config, name="lm_head")()  # created at init; applied by `apply_head`
-        return hidden, cache
-
-
-# ---- functional API ----------------------------------------------------------------------------------------------
-def _default_positions(attention_mask: jax.Array, cache: KVCache | None) -> jax.Array:
-    """Position of each token = number of real tokens before it in its row (cached ones included)."""
-    before = 0 if cache is None else jnp.sum(cache.valid, axis=1, keepdims=True, dtype=jnp.int32)
-    return jnp.maximum(before + jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+def _default_positions(real: jax.Array) -> jax.Array:
+    """Position of each token = number of real tokens before it in its row."""
+    return jnp.maximum(jnp.cumsum(real.astype(jnp.int32), axis=1) - 1, 0)
 
 
 def hidden_states(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-                  attention_mask: jax.Array | None = None, cache: KVCache | None = None,
-                  segment_ids: jax.Array | None = None, prefix_ids: jax.Array | None = None):
-    """Final normalised hidden states [B, T, E] (compute dtype) and the updated cache.
+                  attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                  prefix_ids: jax.Array | None = None):
+    """(final normalised hidden states [B, T, E] in the compute dtype, None); the layers run under `lax.scan`.
 
-    Packed rows (no cache): `segment_ids` and `prefix_ids` [B, T] give the mask (models/attention.py) instead of
-    `attention_mask`, and `positions` must be given."""
+    Packed rows give `segment_ids`, `prefix_ids` and `positions` [B, T] (the mask rule of models/attention.py).
+    Plain rows give `attention_mask` (1 = real token; default all real) and optionally `positions` (default: the
+    count of real tokens before each, so left and right padding both work); they run as packed rows whose real
+    tokens are segment 1 and padding segment 0, all with prefix 0."""
     tokens = jnp.asarray(tokens, jnp.int32)
-    if segment_ids is not None:
-        if positions is None or prefix_ids is None:
-            raise ValueError("packed rows need positions, segment_ids and prefix_ids together")
-        ids = (jnp.asarray(segment_ids, jnp.int32), jnp.asarray(prefix_ids, jnp.int32))
-        return Qwen2ForCausalLM(config).apply({"params": params}, tokens, jnp.asarray(positions, jnp.int32),
-                                              jnp.ones(tokens.shape, bool), cache, *ids)
-    mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-    if positions is None:
-        positions = _default_positions(mask, cache)
-    return Qwen2ForCausalLM(config).apply({"params": params}, tokens, jnp.asarray(positions, jnp.int32), mask, cache)
+    if segment_ids is None:
+        if prefix_ids is not None:
+            raise ValueError("prefix_ids without segment_ids: packed rows need positions, segment_ids and prefix_ids")
+        real = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        segment_ids, prefix_ids = real.astype(jnp.int32), jnp.zeros(tokens.shape, jnp.int32)
+        positions = _default_positions(real) if positions is None else positions
+    elif positions is None or prefix_ids is None or attention_mask is not None:
+        raise ValueError("packed rows need positions, segment_ids and prefix_ids together (and no attention_mask)")
+    ids = jnp.asarray(segment_ids, jnp.int32), jnp.asarray(prefix_ids, jnp.int32)
+    cos, sin = rope_cos_sin(jnp.asarray(positions, jnp.int32), config.head_dim, config.rope_theta)
+    attend = lambda q, k, v: (attention.attend(q, k, v, *ids, implementation=config.attention), None)  # noqa: E731
+
+    def layer(x, p):
+        return decoder_layer(config, p, x, cos, sin, attend)[0], None
+
+    if config.remat_policy != "none":
+        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if config.remat_policy == "dots" else None
+        layer = jax.checkpoint(layer, prevent_cse=False, policy=policy)
+    model = params["model"]
+    x = constrain(embed(config, model["embed_tokens"]["embedding"], tokens), HIDDEN)
+    x, _ = jax.lax.scan(layer, x, model["layers"])
+    return rms_norm(config, x, model["norm"]["scale"]), None
 
 
 def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Array:
@@ -450,30 +385,13 @@ def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Ar
 
 
 def forward(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-            attention_mask: jax.Array | None = None, cache: KVCache | None = None,
-            segment_ids: jax.Array | None = None, prefix_ids: jax.Array | None = None):
-    """Logits float32 [B, T, V] and the updated cache (None when no cache was given).
+            attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            prefix_ids: jax.Array | None = None):
+    """(logits float32 [B, T, V], None); the arguments as `hidden_states`.
 
     tokens int32 [B, T]; attention_mask 1 for real tokens (default: all real); positions int32 [B, T] (default: the
     count of real tokens before each one, so left and right padding both work).
     """
-    hidden, cache = hidden_states(config, params, tokens, positions=positions, attention_mask=attention_mask,
-                                  cache=cache, segment_ids=segment_ids, prefix_ids=prefix_ids)
-    return apply_head(config, params, hidden), cache
-
-
-def init_params(config: Qwen2Config, rng: jax.Array) -> Params:
-    """Randomly initialised parameters (unboxed plain arrays), as HF initialises: normal(0.02), zero biases."""
-    return nn.meta.unbox(_init_boxed(config, rng))
-
-
-def _init_boxed(config: Qwen2Config, rng: jax.Array):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return Qwen2ForCausalLM(config).init(rng, tokens, tokens, tokens.astype(bool))["params"]
-
-
-def abstract_params(config: Qwen2Config):
-    """(shapes, logical axes) without allocating: a tree of ShapeDtypeStruct and one of PartitionSpecs whose
-    entries are logical axis names (`parallel.shardings` maps them onto a mesh)."""
-    boxed = jax.eval_shape(lambda: _init_boxed(config, jax.random.key(0)))
-    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+    hidden, _ = hidden_states(config, params, tokens, positions=positions, attention_mask=attention_mask,
+                              segment_ids=segment_ids, prefix_ids=prefix_ids)
+    return apply_head(config, params, hidden), None

@@ -3,17 +3,21 @@
 `load` validates every tensor name and shape against the config before it allocates anything, then places the
 tensors one at a time straight onto their shards of the target mesh (stacked layer tensors are filled layer by
 layer on the device), so host memory holds about one tensor, never the whole model twice.
-`save_hf` streams the parameters back out, one tensor at a time, as a directory transformers loads.
+`save_hf` streams the parameters back out, one tensor at a time, as a directory transformers loads (the caller adds
+the tokenizer files: `assets.copy_tokenizer`).
+
+A weight file the documentation tells users to fetch is checked against its sha256 in `PINNED_SHA256` before it is
+read (`check_pinned`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tooln1_jax import assets, parallel
+from tooln1_jax import parallel
 from tooln1_jax.models import qwen2, safetensors_io
 from tooln1_jax.models.qwen2 import Qwen2Config
 
@@ -31,6 +35,34 @@ log = logging.getLogger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_HF_TENSORS = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
+
+# File name -> sha256 of the weight files the documentation tells users to fetch (docs/development.md, "Real weights
+# for local checks"); None: no full hash recorded, so the file is refused until one is.
+PINNED_SHA256: dict[str, str] = {
+    # docs/development.md: assembled from six PyPI packages of an unknown publisher; the file whose forward pass
+    # tests/test_gguf_real.py checks against transformers
+    "qwen2.5-coder-0.5b-instruct.gguf": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_pinned(path: str | os.PathLike) -> None:
+    """Refuse a file named in `PINNED_SHA256` whose sha256 is not the pinned one, or that has none pinned."""
+    path = Path(path)
+    if path.name not in PINNED_SHA256:
+        return
+    expected = PINNED_SHA256[path.name]
+    found = sha256_of(path)
+    if found != expected:
+        raise ValueError(f"{path}: sha256 {found}, but {path.name} is pinned to {expected} "
+                         "(models/weights.PINNED_SHA256): a different or damaged file, not used")
 
 
 # ---- the mapping between our parameter tree and HF tensor names ------------------------------------------------
@@ -215,6 +247,7 @@ class GGUFSource(TensorSource):
         self.description = str(self.path)
         if not self.path.exists():
             raise FileNotFoundError(f"GGUF file not found: {self.path}")
+        check_pinned(self.path)
         try:
             self.reader = _plain_array_reader()(str(self.path))
         except Exception as e:  # the reader raises assorted errors on a damaged file
@@ -414,11 +447,11 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def save_hf(config: Qwen2Config, params, directory: str | os.PathLike, *, dtype: str | None = None,
-            tokenizer_dir: str | os.PathLike | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write config.json + safetensors (sharded with an index above `max_shard_bytes`) + tokenizer files.
+            max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write config.json + safetensors (sharded with an index above `max_shard_bytes`) + generation_config.json.
 
-    dtype: storage dtype (default: the config's param dtype). Tokenizer files come from `tokenizer_dir`, or the
-    shipped Qwen2.5 tokenizer. Only process 0 writes in a multi-host run (all processes must call it).
+    dtype: storage dtype (default: the config's param dtype). Only process 0 writes in a multi-host run (all
+    processes must call it).
     """
     out = Path(directory)
     np_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
@@ -462,8 +495,4 @@ def save_hf(config: Qwen2Config, params, directory: str | os.PathLike, *, dtype:
                                                  indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643}, indent=2) + "\n")
-    source = Path(tokenizer_dir) if tokenizer_dir and assets.has_tokenizer(tokenizer_dir) else assets.TOKENIZER_DIR
-    for file in assets.TOKENIZER_FILES:
-        if (source / file).exists():
-            shutil.copyfile(source / file, out / file)
     return out

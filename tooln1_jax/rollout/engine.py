@@ -1,21 +1,25 @@
-"""The rollout engine: continuous batching of (prompt, sample) pairs over a fixed pool of decode slots.
+"""The rollout engine: continuous batching of (prompt, sample) pairs over a fixed pool of decode slots, run as a
+small serving loop (`_Run.serve`).
 
-- A queue of samples in order (prompt 0's G samples, then prompt 1's, ...). Prompts are prefilled once, a few at a
-  time (chunked through a per-layer cache), all but their last token; a sample taking a free slot gets a copy of its
-  prompt's entries and starts decoding from the prompt's last token.
-- Decoding runs in jitted chunks of up to `chunk_steps` steps over all slots (buffers donated, updated in place). A
-  chunk ends early when a sample finishes while others wait, so its slot is refilled at once; the host scheduler
-  between chunks moves only small integer arrays.
-- Every slot carries its own position; a chunk's attention reads the caches up to the longest live context plus the
-  chunk, bucketed (`shapes.bucket`), so a run compiles a few programs (`STATS["compiles"]`), not one per length.
+- `plan` fixes the shapes of a run's programs from the sizes of the call (`aot.rollout_plan` reports it for a slice).
+- Samples queue in order (prompt 0's G samples, then prompt 1's, ...). Prompts are prefilled a batch at a time
+  (chunked through a per-layer cache), all but their last token; a sample taking a free slot gets a copy of its
+  prompt's entries and decodes from the prompt's last token.
+- Decoding runs in jitted chunks of up to `chunk_steps` steps over all slots (caches donated; the slot state stays
+  on the devices). A chunk ends early when a sample finishes while others wait, so its slot is refilled at once.
+  Per chunk, the host reads the chunk's output once and the processes agree on what they share in one collective.
+- Once no sample waits, the next chunk is dispatched before the last one's output is read (nothing read changes its
+  input); its decisions see the slots a chunk old: live slots can only have finished, positions grown by a chunk.
+- Once the queue is empty and the live samples fit a pool `COMPACT_RATIO` times smaller, they move into one, device
+  by device, so the drain does not decode mostly idle slots.
+- A chunk's attention reads the caches up to the longest live context plus the chunk, bucketed (`shapes.bucket`):
+  a run compiles a few programs, not one per length.
 - Sample s = (prompt seed, sample j) draws its token at reply step r from fold_in(fold_in(rng, r), seed * G + j):
   nothing depends on the slot it runs in, the number of slots, or the host.
-- Once the queue is empty and the live samples fit a pool half the size, they move into one (a gather of their
-  caches), so the drain at the end of a call does not decode mostly idle slots.
 - The weights are the decode layout of `rollout.inference` (made here, or once per training step by the caller).
 
-`STATS` counts compiles, decode steps, slot-steps (slots x steps) and useful tokens (sampled tokens of live slots);
-slot utilisation = useful tokens / slot-steps.
+Each Rollout carries its `RolloutStats`: programs built, decode steps, slot-steps (slots x steps) and useful tokens
+(sampled tokens of live slots); slot utilisation = useful tokens / slot-steps.
 """
 
 from __future__ import annotations
@@ -27,21 +31,35 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from tooln1_jax import parallel
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.rollout import inference, kv_cache
 from tooln1_jax.rollout.inference import InferenceWeights
 from tooln1_jax.rollout.sampling import Sampling, sample_keys, sample_step
-from tooln1_jax.shapes import bucket
+from tooln1_jax.shapes import bucket, round_up
 
 DEFAULT_STOP_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: attention scores stay [P, heads, 512, T]
 DEFAULT_CHUNK_STEPS = 16
 COMPACT_RATIO = 2  # once the queue is empty, live samples move to a pool this many times smaller when they fit
 MIN_SPAN = 512  # cache entries a decode chunk reads at least: below this, one program beats a compile per bucket
-STATS = {"compiles": 0, "decode_steps": 0, "slot_steps": 0, "useful_tokens": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutStats:
+    compiles: int = 0  # programs built (each compiles once)
+    decode_steps: int = 0
+    slot_steps: int = 0  # slots x decode steps
+    useful_tokens: int = 0  # tokens sampled for live samples
+
+    def __add__(self, other: RolloutStats) -> RolloutStats:
+        return RolloutStats(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))
+
+    @property
+    def utilisation(self) -> float:
+        return self.useful_tokens / max(self.slot_steps, 1)
 
 
 @dataclasses.dataclass
@@ -53,6 +71,7 @@ class Rollout:
     logprobs: np.ndarray  # float32 [P*G, max_new_tokens]
     prompt_index: np.ndarray  # int32 [P*G]
     finish_reason: np.ndarray  # str [P*G]: "stop" (emitted a stop id) or "length" (hit max_new_tokens)
+    stats: RolloutStats = dataclasses.field(default_factory=RolloutStats)
 
 
 def reply_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
@@ -65,17 +84,73 @@ def reply_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
 
 
 def concatenate(parts: Sequence[Rollout]) -> Rollout:
-    """Rollouts of consecutive prompt chunks as one (prompt_index counts across the chunks)."""
+    """Rollouts of consecutive prompt chunks as one (prompt_index counts across the chunks, stats add up)."""
     offsets = np.cumsum([0] + [int(p.prompt_index.max()) + 1 for p in parts[:-1]])
     return Rollout(tokens=np.concatenate([p.tokens for p in parts]),
                    lengths=np.concatenate([p.lengths for p in parts]),
                    logprobs=np.concatenate([p.logprobs for p in parts]),
                    prompt_index=np.concatenate([p.prompt_index + o for p, o in zip(parts, offsets)]),
-                   finish_reason=np.concatenate([p.finish_reason for p in parts]))
+                   finish_reason=np.concatenate([p.finish_reason for p in parts]),
+                   stats=sum((p.stats for p in parts), RolloutStats()))
 
 
-def utilisation(stats: dict) -> float:
-    return stats["useful_tokens"] / max(stats["slot_steps"], 1)
+# ---- the plan: shapes of a run's programs ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Slots and prefill rows are per process (the global arrays hold `hosts` times as many rows); pools come in
+    multiples of `multiple` slots, one block per device of a process."""
+
+    hosts: int
+    multiple: int
+    slots: int
+    prefill_rows: int
+    width: int  # prefill width: the longest prompt but its last token, bucketed
+    capacity: int  # cache entries per slot: the prefill width and the reply budget, bucketed
+
+    def compacted(self, slots: int, most_live: int) -> int:
+        """The pool `slots` slots move into with at most `most_live` live per device (`slots`: none fits)."""
+        keep = bucket(most_live) * self.multiple
+        return keep if keep * COMPACT_RATIO <= slots else slots
+
+    def compacts_at(self, slots: int) -> int:
+        """The most live samples per device with which `slots` slots compact (0: never)."""
+        return next((n for n in range(slots // self.multiple, 0, -1) if self.compacted(slots, n) < slots), 0)
+
+
+def plan(*, hosts: int, batch_devices: int, prompts: int, samples: int, longest_prompt: int, max_new: int,
+         num_slots: int | None) -> Plan:
+    """The shapes for `prompts` prompts per process (the most any process has) of at most `longest_prompt` tokens,
+    `samples` replies each of at most `max_new` tokens, over a mesh of `batch_devices` devices along its batch axes
+    and `hosts` processes; `num_slots`: slots per process (default: one per sample, bucketed)."""
+    multiple = max(batch_devices // hosts, 1)
+    most = bucket(prompts * samples)
+    slots = round_up(min(num_slots, most) if num_slots else most, multiple)
+    width = bucket(longest_prompt - 1, 16)
+    if width > PREFILL_CHUNK:
+        width = round_up(width, PREFILL_CHUNK)
+    prefill_rows = round_up(min(bucket(max(prompts, 1)), bucket(-(-slots // samples))), multiple)
+    return Plan(hosts=hosts, multiple=multiple, slots=slots, prefill_rows=prefill_rows, width=width,
+                capacity=width + bucket(max_new, 16))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SlotState:
+    """Per slot: the next input token at position `pos`, the reply step of the token it samples, the sample id that
+    keys its draws, whether a sample is live there, its token budget (numpy on the host, jax on the devices)."""
+
+    token: np.ndarray  # int32
+    pos: np.ndarray  # int32
+    step: np.ndarray  # int32
+    sample_id: np.ndarray  # uint32
+    live: np.ndarray  # bool
+    limit: np.ndarray  # int32
+
+    @staticmethod
+    def empty(slots: int) -> SlotState:
+        zeros = lambda dtype: np.zeros(slots, dtype)  # noqa: E731
+        return SlotState(zeros(np.int32), zeros(np.int32), zeros(np.int32), zeros(np.uint32), zeros(bool),
+                         np.ones(slots, np.int32))
 
 
 # ---- the compiled programs ---------------------------------------------------------------------------------------
@@ -89,21 +164,21 @@ def _cache_shardings(config, mesh, rows, capacity):
     return tuple((s, s) for _ in range(config.num_hidden_layers))
 
 
+@functools.lru_cache(maxsize=16)
+def _allocate_program(config: Qwen2Config, mesh: Mesh, slots: int, capacity: int, dtype: str):
+    return jax.jit(lambda: kv_cache.allocate(config, slots, capacity, dtype),
+                   out_shardings=_cache_shardings(config, mesh, slots, capacity))
+
+
 @functools.lru_cache(maxsize=64)
 def _prefill_program(config: Qwen2Config, mesh: Mesh, w_treedef, w_shardings, rows: int, width: int):
     """tokens, positions [rows, width] -> per-layer caches [rows, KV, width, D], in chunks of PREFILL_CHUNK."""
     chunk = min(width, PREFILL_CHUNK)
 
     def prefill(w, tokens, positions):
-        STATS["compiles"] += 1
         caches = kv_cache.allocate(config, rows, width, w.dtype)
         split = lambda x: x.reshape(rows, width // chunk, chunk).swapaxes(0, 1)  # noqa: E731  [chunks, rows, C]
-
-        def step(caches, xs):
-            with parallel.activation_sharding(mesh):
-                _, caches = inference.forward(config, w, xs[0], xs[1], caches, width)
-            return caches, None
-
+        step = lambda c, xs: (inference.forward(config, w, xs[0], xs[1], c, width)[1], None)  # noqa: E731
         return jax.lax.scan(step, caches, (split(tokens), split(positions)))[0]
 
     batch2 = parallel.batch_sharding(mesh, 2)
@@ -113,63 +188,57 @@ def _prefill_program(config: Qwen2Config, mesh: Mesh, w_treedef, w_shardings, ro
 
 @functools.lru_cache(maxsize=64)
 def _insert_program(config: Qwen2Config, mesh: Mesh, slots: int, capacity: int, rows: int, width: int):
-    def insert(caches, prompt_caches, slot_ids, sources):
-        STATS["compiles"] += 1
-        return kv_cache.insert(caches, prompt_caches, slot_ids, sources)
-
     batch1 = parallel.batch_sharding(mesh, 1)
     slot_sh = _cache_shardings(config, mesh, slots, capacity)
-    return jax.jit(insert, in_shardings=(slot_sh, _cache_shardings(config, mesh, rows, width), batch1, batch1),
-                   out_shardings=slot_sh, donate_argnums=(0,))
-
-
-STATE_FIELDS = ("token", "pos", "step", "sample_id", "live", "limit")
+    return jax.jit(kv_cache.insert, in_shardings=(slot_sh, _cache_shardings(config, mesh, rows, width), batch1,
+                                                  batch1), out_shardings=slot_sh, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=64)
 def _decode_program(config: Qwen2Config, sampling: Sampling, stop_ids: tuple[int, ...], mesh: Mesh, w_treedef,
                     w_shardings, slots: int, capacity: int, width: int, steps: int):
-    """Up to `steps` decode steps of every slot; stops early when no slot is live, or when a slot finished and
-    `waiting` says samples wait for it. State per slot: the next input token at position `pos`, the reply step of
-    the token it samples, the sample id that keys its draws, whether it is live, its token budget."""
+    """Up to `steps` decode steps of every slot (`SlotState`); stops early when no slot is live, when a slot
+    finished and `waiting` says samples wait for it; runs no step when it starts with no device holding more than
+    `compact_at` live slots (the pool can compact first; -1: never). Returns the caches, the state and one int32 array
+    [slots, 2 * steps + 3] for the host: the sampled tokens, the bits of their log-probs, the tokens each slot
+    emitted (a prefix of the chunk: a slot stays live until it finishes), whether it is still live, the steps run."""
     stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+    devices = parallel.batch_size_multiple(mesh)  # blocks of slots, one per device
 
-    def decode(w, caches, state, rng, waiting):
-        STATS["compiles"] += 1
-
+    def decode(w, caches, state, rng, waiting, compact_at):
         def cond(carry):
             i, _, state, _, _, _, ended = carry
-            return (i < steps) & jnp.any(state["live"]) & ~(ended & waiting)
+            most_live = state.live.reshape(devices, -1).sum(axis=1).max()
+            return (i < steps) & (most_live > 0) & ~(ended & waiting) & ((i > 0) | (most_live > compact_at))
 
         def body(carry):
             i, caches, state, out_tok, out_logp, emitted, _ = carry
-            with parallel.activation_sharding(mesh):
-                hidden, caches = inference.forward(config, w, state["token"][:, None], state["pos"][:, None],
-                                                   caches, width)
-                logits = inference.logits(w, hidden[:, 0])
-            token, logp = sample_step(logits, sample_keys(rng, state["step"], state["sample_id"]), sampling)
-            live = state["live"]
+            hidden, caches = inference.forward(config, w, state.token[:, None], state.pos[:, None], caches, width)
+            token, logp = sample_step(inference.logits(w, hidden[:, 0]),
+                                      sample_keys(rng, state.step, state.sample_id), sampling)
+            live = state.live
             out_tok = out_tok.at[:, i].set(jnp.where(live, token, 0))
             out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
-            emitted = emitted.at[:, i].set(live)
-            finished = live & (jnp.isin(token, stops) | (state["step"] + 1 >= state["limit"]))
+            finished = live & (jnp.isin(token, stops) | (state.step + 1 >= state.limit))
             advance = live.astype(jnp.int32)
-            state = dict(state, token=jnp.where(live, token, state["token"]), pos=state["pos"] + advance,
-                         step=state["step"] + advance, live=live & ~finished)
-            return i + 1, caches, state, out_tok, out_logp, emitted, jnp.any(finished)
+            state = dataclasses.replace(state, token=jnp.where(live, token, state.token), pos=state.pos + advance,
+                                        step=state.step + advance, live=live & ~finished)
+            return i + 1, caches, state, out_tok, out_logp, emitted + advance, jnp.any(finished)
 
         carry = (jnp.int32(0), caches, state, jnp.zeros((slots, steps), jnp.int32),
-                 jnp.zeros((slots, steps), jnp.float32), jnp.zeros((slots, steps), bool), jnp.bool_(False))
+                 jnp.zeros((slots, steps), jnp.float32), jnp.zeros(slots, jnp.int32), jnp.bool_(False))
         i, caches, state, out_tok, out_logp, emitted, _ = jax.lax.while_loop(cond, body, carry)
-        return caches, state, out_tok, out_logp, emitted, i
+        column = lambda x: x.astype(jnp.int32)[:, None]  # noqa: E731
+        out = jnp.concatenate([out_tok, jax.lax.bitcast_convert_type(out_logp, jnp.int32), column(emitted),
+                               column(state.live), jnp.broadcast_to(i, (slots, 1))], axis=1)
+        return caches, state, out
 
     batch1, batch2 = parallel.batch_sharding(mesh, 1), parallel.batch_sharding(mesh, 2)
-    replicated = parallel.replicated(mesh)
-    cache_sh = _cache_shardings(config, mesh, slots, capacity)
-    state_sh = {name: batch1 for name in STATE_FIELDS}
+    cache_sh, replicated = _cache_shardings(config, mesh, slots, capacity), parallel.replicated(mesh)
+    state_sh = jax.tree.map(lambda _: batch1, SlotState.empty(0))
     return jax.jit(decode, in_shardings=(jax.tree.unflatten(w_treedef, w_shardings), cache_sh, state_sh, replicated,
-                                         replicated),
-                   out_shardings=(cache_sh, state_sh, batch2, batch2, batch2, replicated), donate_argnums=(1,))
+                                         replicated, replicated),
+                   out_shardings=(cache_sh, state_sh, batch2), donate_argnums=(1,))
 
 
 @functools.lru_cache(maxsize=64)
@@ -182,13 +251,15 @@ def _compact_program(config: Qwen2Config, mesh: Mesh, slots: int, capacity: int,
     batch1 = parallel.batch_sharding(mesh, 1)
     specs = lambda shardings: tuple((k.spec, v.spec) for k, v in shardings)  # noqa: E731
 
-    def compact(caches, rows):
-        STATS["compiles"] += 1
-        gather = jax.shard_map(lambda c, r: tuple((k[r], v[r]) for k, v in c), mesh=mesh,
-                               in_specs=(specs(cache_in), batch1.spec), out_specs=specs(cache_out), check_vma=False)
-        return gather(caches, rows)
+    gather = jax.shard_map(lambda c, r: tuple((k[r], v[r]) for k, v in c), mesh=mesh,
+                           in_specs=(specs(cache_in), batch1.spec), out_specs=specs(cache_out), check_vma=False)
+    return jax.jit(gather, in_shardings=(cache_in, batch1), out_shardings=cache_out)
 
-    return jax.jit(compact, in_shardings=(cache_in, batch1), out_shardings=cache_out)
+
+def programs_built() -> int:
+    """Programs the engine has built in this process (each compiles once): its program caches' misses."""
+    programs = (_allocate_program, _prefill_program, _insert_program, _decode_program, _compact_program)
+    return sum(program.cache_info().misses for program in programs)
 
 
 def compaction_rows(live: np.ndarray, devices: int, keep_per_device: int) -> np.ndarray:
@@ -199,15 +270,9 @@ def compaction_rows(live: np.ndarray, devices: int, keep_per_device: int) -> np.
     return np.concatenate([np.concatenate([b[live[b]], b[~live[b]]])[:keep_per_device] for b in blocks])
 
 
-@functools.lru_cache(maxsize=16)
-def _allocate_program(config: Qwen2Config, mesh: Mesh, slots: int, capacity: int, dtype: str):
-    return jax.jit(lambda: kv_cache.allocate(config, slots, capacity, dtype),
-                   out_shardings=_cache_shardings(config, mesh, slots, capacity))
-
-
-# ---- host side ---------------------------------------------------------------------------------------------------
-def _global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    return jax.make_array_from_process_local_data(sharding, local)
+# ---- the serving loop --------------------------------------------------------------------------------------------
+def _global(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, local.ndim), local)
 
 
 def _local(x: jax.Array) -> np.ndarray:
@@ -218,12 +283,129 @@ def _local(x: jax.Array) -> np.ndarray:
     return np.concatenate([shards[k] for k in sorted(shards)])
 
 
-def _any_host(flag: bool) -> bool:
-    return bool(parallel.global_max(int(flag)))
+class _Run:
+    """One `run`'s serving loop and its state: the queue of samples (row p * samples + j: prompt p's sample j), the
+    pool of slots, the replies (filled in place) and the stats."""
 
+    def __init__(self, config, weights, mesh, plan, sampling, stop_ids, rng, chunk_steps, prompts, samples,
+                 sample_ids, limits, replies):
+        self.config, self.weights, self.mesh, self.plan, self.chunk_steps = config, weights, mesh, plan, chunk_steps
+        self.sampling, self.stop_ids, self.rng = sampling, stop_ids, rng
+        self.prompts, self.samples, self.sample_ids, self.limits = prompts, samples, sample_ids, limits
+        self.tokens, self.logprobs, self.lengths = replies
+        self.total, self.stats = len(prompts) * samples, RolloutStats()
+        self.head, self.first, self.batch = 0, None, None  # the next sample's row; the prefilled prompts' first, caches
+        self.caches = _allocate_program(config, mesh, plan.slots * plan.hosts, plan.capacity, str(weights.dtype))()
+        # the slot state as the host knows it, each slot's sample row (-1: free), the devices' state (None: stale)
+        self.state, self.row, self.on_device = SlotState.empty(plan.slots), np.full(plan.slots, -1), None
+        positions = np.broadcast_to(np.arange(plan.width, dtype=np.int32), (plan.prefill_rows, plan.width))
+        self.positions = _global(np.ascontiguousarray(positions), mesh)
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    def serve(self) -> None:
+        """Admit and fill, agree, compact, decode a chunk, collect. While samples wait, a chunk is read before the
+        next goes (its free slots decide the fill); after that the last one is read while the next runs."""
+        p, pending = self.plan, None  # pending: a dispatched chunk not yet read
+        while True:
+            rounds, live = self.admit(), self.state.live
+            reach = int(self.state.pos[live].max()) + self.chunk_steps if live.any() else 1
+            count, prefill_first, waiting, any_live, most_live, reach = parallel.global_max(
+                len(rounds), bool(rounds) and rounds[0][0] is not None, self.head < self.total, live.any(),
+                live.reshape(p.multiple, -1).sum(axis=1).max(), reach)
+            self.fill(rounds, count, prefill_first)
+            if not any_live:
+                break
+            keep = p.compacted(self.row.size, most_live)
+            if not waiting and keep < self.row.size:
+                self.collect(pending)  # it ran no step (`_decode_program`'s compact_at): the host's state is current
+                pending = None
+                self.compact(keep)
+            reach += 0 if pending is None else self.chunk_steps  # the host's state is a chunk old
+            chunk = self.decode_chunk(min(bucket(reach, MIN_SPAN), p.capacity), bool(waiting))
+            self.collect(pending)
+            if waiting:
+                self.collect(chunk)
+            pending = None if waiting else chunk
+        self.collect(pending)
+
+    def admit(self) -> list[tuple]:
+        """Take waiting samples into the free slots (the host's state), in rounds of one batch of prompts each: the
+        batch's first prompt when the round prefills it (None: prefilled before; every round after the first
+        prefills), the slots, and their samples' prompt rows in the batch."""
+        rounds, free, s, batch = [], np.flatnonzero(self.row < 0), self.state, self.plan.prefill_rows
+        while free.size and self.head < self.total:
+            p = self.head // self.samples
+            fresh = self.first is None or not self.first <= p < self.first + batch
+            self.first = p if fresh else self.first
+            rows = np.arange(self.head, min(self.total, (self.first + batch) * self.samples, self.head + free.size))
+            slots, free, prompts = free[:rows.size], free[rows.size:], [self.prompts[i] for i in rows // self.samples]
+            s.token[slots], s.pos[slots], s.step[slots] = [q[-1] for q in prompts], [len(q) - 1 for q in prompts], 0
+            s.sample_id[slots], s.live[slots], s.limit[slots] = self.sample_ids[rows], True, self.limits[rows]
+            self.row[slots], self.head = rows, int(rows[-1]) + 1
+            rounds.append((p if fresh else None, slots, rows // self.samples - self.first))
+        if rounds:
+            self.on_device = None
+        return rounds
+
+    def fill(self, rounds: list[tuple], count: int, prefill_first: bool) -> None:
+        """Prefill and insert the admitted prompts, `count` rounds on every process (a round this process lacks
+        prefills a throwaway batch and inserts nothing)."""
+        p, slots, offset = self.plan, self.row.size, jax.process_index()
+        for i in range(count):
+            first, taken, sources = rounds[i] if i < len(rounds) else (None, np.zeros(0, int), np.zeros(0, int))
+            if i or prefill_first:
+                ids = np.zeros((p.prefill_rows, p.width), np.int32)
+                for r, prompt in enumerate(self.prompts[first:first + p.prefill_rows] if first is not None else []):
+                    ids[r, :len(prompt) - 1] = prompt[:-1]
+                prefill = _prefill_program(self.config, self.mesh, *_shardings_of(self.weights),
+                                           p.prefill_rows * p.hosts, p.width)
+                fresh = prefill(self.weights, _global(ids, self.mesh), self.positions)
+                if first is not None or self.batch is None:
+                    self.batch = fresh
+            slot_ids = np.full(slots, slots * p.hosts, np.int32)  # out of range: no insert
+            rows = np.zeros(slots, np.int32)
+            slot_ids[taken], rows[taken] = offset * slots + taken, offset * p.prefill_rows + sources
+            insert = _insert_program(self.config, self.mesh, slots * p.hosts, p.capacity, p.prefill_rows * p.hosts,
+                                     p.width)
+            self.caches = insert(self.caches, self.batch, _global(slot_ids, self.mesh), _global(rows, self.mesh))
+
+    def compact(self, keep: int) -> None:
+        """Move the live samples into a pool of `keep` slots, each device keeping its own."""
+        p, slots = self.plan, self.row.size
+        rows = compaction_rows(self.state.live, p.multiple, keep // p.multiple)
+        program = _compact_program(self.config, self.mesh, slots * p.hosts, p.capacity, keep * p.hosts)
+        self.caches = program(self.caches, _global((rows % (slots // p.multiple)).astype(np.int32), self.mesh))
+        self.state, self.row, self.on_device = jax.tree.map(lambda x: x[rows], self.state), self.row[rows], None
+
+    def decode_chunk(self, span: int, waiting: bool) -> jax.Array:
+        """Dispatch a chunk of decode steps reading `span` cache entries; returns its output, not yet read."""
+        p, slots = self.plan, self.row.size
+        if self.on_device is None:
+            self.on_device = jax.tree.map(lambda x: _global(x, self.mesh), self.state)
+        program = _decode_program(self.config, self.sampling, self.stop_ids, self.mesh, *_shardings_of(self.weights),
+                                  slots * p.hosts, p.capacity, span, self.chunk_steps)
+        compact_at = -1 if waiting else p.compacts_at(slots)
+        self.caches, self.on_device, out = program(self.weights, self.caches, self.on_device, self.rng,
+                                                   jnp.bool_(waiting), jnp.int32(compact_at))
+        return out
+
+    def collect(self, out: jax.Array | None) -> None:
+        """Read a chunk's output (None: none) in one transfer: append the samples' tokens, update the host's state."""
+        if out is None:
+            return
+        n, s = self.chunk_steps, self.state
+        out = _local(out)
+        tokens, logprobs = out[:, :n], out[:, n:2 * n].view(np.float32)
+        emitted, live, steps = out[:, 2 * n], out[:, 2 * n + 1].astype(bool), int(out[0, 2 * n + 2])
+        for slot in np.flatnonzero(emitted):
+            row, k = self.row[slot], emitted[slot]
+            done = slice(self.lengths[row], self.lengths[row] + k)
+            self.tokens[row, done], self.logprobs[row, done] = tokens[slot, :k], logprobs[slot, :k]
+            self.lengths[row] += k
+        s.token = np.where(emitted > 0, tokens[np.arange(self.row.size), np.maximum(emitted - 1, 0)], s.token)
+        s.pos, s.step, s.live = s.pos + emitted, s.step + emitted, live
+        self.row = np.where(live, self.row, -1)
+        self.stats += RolloutStats(decode_steps=steps, slot_steps=steps * self.row.size,
+                                   useful_tokens=int(emitted.sum()))
 
 
 def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]], *, num_samples: int,
@@ -231,113 +413,24 @@ def run(config: Qwen2Config, weights: InferenceWeights, prompts: list[list[int]]
         sample_ids: np.ndarray, num_slots: int | None = None, chunk_steps: int = DEFAULT_CHUNK_STEPS) -> Rollout:
     """Decode this process's samples (prompt p's sample j is row p * num_samples + j) with at most
     `limits[row]` tokens each. Inputs are checked by `generate`; an empty queue returns an empty Rollout."""
-    g, total = num_samples, len(prompts) * num_samples
-    hosts, offset = jax.process_count(), jax.process_index()
-    multiple = max(parallel.batch_size_multiple(mesh) // hosts, 1)
-    max_new = parallel.global_max(int(limits.max()) if total else 1)
-    if not parallel.global_max(total):
-        return Rollout(tokens=np.zeros((0, max_new), np.int32), lengths=np.zeros(0, np.int32),
-                       logprobs=np.zeros((0, max_new), np.float32), prompt_index=np.zeros(0, np.int32),
-                       finish_reason=np.zeros(0, str))
-    most = bucket(parallel.global_max(total))
-    slots = _round_up(min(num_slots, most) if num_slots else most, multiple)  # per process
-    width = bucket(parallel.global_max(max(len(p) for p in prompts) - 1 if prompts else 1), 16)  # prefill width
-    if width > PREFILL_CHUNK:
-        width = _round_up(width, PREFILL_CHUNK)
-    capacity = width + bucket(max_new, 16)  # >= every prompt's entries + its reply
-    prefill_rows = _round_up(min(bucket(max(len(prompts), 1)), bucket(-(-slots // g))), multiple)
-    prefill_rows = parallel.global_max(prefill_rows)
-    global_slots, global_prefill = slots * hosts, prefill_rows * hosts
-    batch1, batch2 = parallel.batch_sharding(mesh, 1), parallel.batch_sharding(mesh, 2)
-    w_treedef, w_shardings = _shardings_of(weights)
-
-    prefill = _prefill_program(config, mesh, w_treedef, w_shardings, global_prefill, width)
-    insert = _insert_program(config, mesh, global_slots, capacity, global_prefill, width)
-    caches = _allocate_program(config, mesh, global_slots, capacity, str(weights.dtype))()
-
-    tokens = np.zeros((total, max_new), np.int32)
-    logprobs = np.zeros((total, max_new), np.float32)
-    lengths = np.zeros(total, np.int32)
-    state = {"token": np.zeros(slots, np.int32), "pos": np.zeros(slots, np.int32), "step": np.zeros(slots, np.int32),
-             "sample_id": np.zeros(slots, np.uint32), "live": np.zeros(slots, bool),
-             "limit": np.ones(slots, np.int32)}
-    occupant = np.full(slots, -1)  # row of the sample in each slot
-    next_row = 0  # queue head
-    batch_first, batch_caches = -1, None  # first prompt of the current prefill batch and its caches
-
-    def prefill_batch(first: int):
-        ids = np.zeros((prefill_rows, width), np.int32)
-        for r, p in enumerate(prompts[first:first + prefill_rows]):
-            ids[r, :len(p) - 1] = p[:-1]
-        positions = np.broadcast_to(np.arange(width, dtype=np.int32), ids.shape)
-        return prefill(weights, _global(ids, batch2), _global(np.ascontiguousarray(positions), batch2))
-
-    while True:
-        # ---- fill free slots from the queue (every host takes part in every prefill/insert call) ----
-        while True:
-            free = np.flatnonzero(occupant < 0)
-            want = next_row < total and free.size > 0
-            if not _any_host(want):
-                break
-            head_prompt = next_row // g if want else 0
-            need_prefill = batch_caches is None or (want and not batch_first <= head_prompt < batch_first
-                                                    + prefill_rows)
-            if _any_host(need_prefill):  # hosts that need none run a throwaway batch
-                fresh = prefill_batch(head_prompt)
-                if need_prefill:
-                    batch_first, batch_caches = head_prompt, fresh
-            slot_ids = np.full(slots, global_slots, np.int32)  # out of range: no insert
-            sources = np.zeros(slots, np.int32)
-            for s in free:
-                if next_row >= total or next_row // g >= batch_first + prefill_rows:
-                    break
-                p = next_row // g
-                slot_ids[s], sources[s] = offset * slots + s, offset * prefill_rows + p - batch_first
-                state["token"][s], state["pos"][s], state["step"][s] = prompts[p][-1], len(prompts[p]) - 1, 0
-                state["sample_id"][s], state["live"][s] = sample_ids[next_row], True
-                state["limit"][s] = limits[next_row]
-                occupant[s] = next_row
-                next_row += 1
-            caches = insert(caches, batch_caches, _global(slot_ids, batch1), _global(sources, batch1))
-
-        if not _any_host(state["live"].any()):
-            break
-        waiting = _any_host(next_row < total)
-        if not waiting:  # draining: move the live samples into a pool half the size or less
-            per_device = slots // multiple  # the slots of one device (its block of the batch rows)
-            most_live = int(state["live"].reshape(multiple, per_device).sum(axis=1).max())
-            keep = bucket(parallel.global_max(most_live)) * multiple
-            if keep * COMPACT_RATIO <= slots:
-                rows = compaction_rows(state["live"], multiple, keep // multiple)
-                caches = _compact_program(config, mesh, global_slots, capacity, keep * hosts)(
-                    caches, _global((rows % per_device).astype(np.int32), batch1))
-                state = {k: v[rows] for k, v in state.items()}
-                occupant, slots, global_slots = occupant[rows], keep, keep * hosts
-        # ---- decode a chunk ----
-        reach = int(state["pos"][state["live"]].max()) + chunk_steps if state["live"].any() else 1
-        span = min(bucket(parallel.global_max(reach), MIN_SPAN), capacity)
-        decode = _decode_program(config, sampling, stop_ids, mesh, w_treedef, w_shardings, global_slots, capacity,
-                                 span, chunk_steps)
-        caches, new_state, out_tok, out_logp, emitted, steps = decode(
-            weights, caches, {k: _global(v, batch1) for k, v in state.items()}, rng, jnp.bool_(waiting))
-        state = {k: _local(v) for k, v in new_state.items()}
-        out_tok, out_logp, emitted, steps = _local(out_tok), _local(out_logp), _local(emitted), int(steps)
-        STATS["decode_steps"] += steps
-        STATS["slot_steps"] += steps * slots
-        for s in np.flatnonzero(occupant >= 0):
-            row, n = occupant[s], int(emitted[s].sum())
-            tokens[row, lengths[row]:lengths[row] + n] = out_tok[s, :n]
-            logprobs[row, lengths[row]:lengths[row] + n] = out_logp[s, :n]
-            lengths[row] += n
-            STATS["useful_tokens"] += n
-            if not state["live"][s]:
-                occupant[s] = -1
-
+    total = len(prompts) * num_samples
+    most_prompts, longest, max_new = parallel.global_max(len(prompts), max(map(len, prompts), default=0),
+                                                         int(limits.max()) if total else 1)
+    tokens, logprobs = np.zeros((total, max_new), np.int32), np.zeros((total, max_new), np.float32)
+    lengths, stats, built = np.zeros(total, np.int32), RolloutStats(), programs_built()
+    if most_prompts:
+        shapes = plan(hosts=jax.process_count(), batch_devices=parallel.batch_size_multiple(mesh),
+                      prompts=most_prompts, samples=num_samples, longest_prompt=longest, max_new=max_new,
+                      num_slots=num_slots)
+        state = _Run(config, weights, mesh, shapes, sampling, stop_ids, rng, chunk_steps, prompts, num_samples,
+                     sample_ids, limits, (tokens, logprobs, lengths))
+        state.serve()
+        stats = dataclasses.replace(state.stats, compiles=programs_built() - built)
     last = tokens[np.arange(total), np.maximum(lengths - 1, 0)]
     stopped = (lengths > 0) & np.isin(last, np.asarray(stop_ids, np.int64))
     return Rollout(tokens=tokens, lengths=lengths, logprobs=logprobs,
-                   prompt_index=np.repeat(np.arange(len(prompts), dtype=np.int32), g),
-                   finish_reason=np.where(stopped, "stop", "length"))
+                   prompt_index=np.repeat(np.arange(len(prompts), dtype=np.int32), num_samples),
+                   finish_reason=np.where(stopped, "stop", "length"), stats=stats)
 
 
 # ---- the public entry point --------------------------------------------------------------------------------------
@@ -359,12 +452,9 @@ def generate(config: Qwen2Config, params, prompts: Sequence[Sequence[int]], *, n
     sampling.validate()
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_slots is not None and num_slots < 1:
-        raise ValueError(f"num_slots must be >= 1, got {num_slots}")
-    if chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    for name, value in (("num_samples", num_samples), ("num_slots", num_slots), ("chunk_steps", chunk_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts:
         raise ValueError("no prompts given")

@@ -15,8 +15,6 @@ def run(command: str, *, config_path: str | None = None, overrides: list[str] = 
     cfg = config_lib.load(config_path, overrides)
     if run_dir is not None:
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, run_dir=run_dir))
-    elif config_path is None and command == "sft":
-        cfg = cfg.replace(train=dataclasses.replace(cfg.train, run_dir="runs/demo_sft"))
     if command == "train":
         from tooln1_jax.train.trainer import GRPOTrainer as Trainer
     else:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tooln1_jax import paths
+from tooln1_jax import files, paths
 from tooln1_jax.files import strict_json
 
 METRICS_FILE = "metrics.jsonl"
@@ -144,7 +144,7 @@ class _StepFile:
     def __init__(self, path, resume_step: int | None):
         self.path = path
         self.last_step: int | None = None
-        self._file = paths.AppendFile(path)
+        self._file = files.AppendFile(path)
         text = self._file.read()
         if not text:
             return

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tooln1_jax import assets, checkpoint, logs, parallel, paths, shapes
+from tooln1_jax import assets, checkpoint, files, logs, parallel, paths
 from tooln1_jax.config import ConfigError, RunConfig, dump, validate
 from tooln1_jax.data import loading
 from tooln1_jax.data.pipeline import PromptLoader
@@ -27,7 +27,6 @@ from tooln1_jax.rewards import toolcall
 from tooln1_jax.rollout import sampler
 from tooln1_jax.train import preemption
 from tooln1_jax.train.metrics import METRICS_FILE, MetricsLogger, plot
-from tooln1_jax.train.sequences import Packed, pack
 from tooln1_jax.train.step import StepFunctions, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -83,13 +82,13 @@ LOG_FILE = "run.log"
 
 
 def steps_from_epochs(cfg: RunConfig, num_records: int, num_batches: int) -> RunConfig:
-    """`cfg` with train.steps = the whole batches `data.num_epochs` passes over `num_records` hold; says so."""
+    """`cfg` (train.steps null) with train.steps = the whole batches `data.num_epochs` passes over `num_records`
+    hold; says so."""
     if num_batches < 1:
         raise ConfigError(f"data.num_epochs {cfg.data.num_epochs} over {num_records} training records does not fill "
                           f"one batch of train.batch_size {cfg.train.batch_size}")
-    log.info("data.num_epochs %d over %d training records, %d a step: %d steps%s", cfg.data.num_epochs,
-             num_records, cfg.train.batch_size, num_batches,
-             "" if num_batches == cfg.train.steps else f" (in place of train.steps {cfg.train.steps})")
+    log.info("data.num_epochs %d over %d training records, %d a step: %d steps", cfg.data.num_epochs,
+             num_records, cfg.train.batch_size, num_batches)
     return cfg.replace(train=dataclasses.replace(cfg.train, steps=num_batches))
 
 
@@ -100,7 +99,7 @@ class _LogFile:
     on the handler's lock held by the very call waiting for it."""
 
     def __init__(self, path):
-        self.file = paths.AppendFile(path, min_interval=30.0)
+        self.file = files.AppendFile(path, min_interval=30.0)
         self.writer = logging.StreamHandler(self.file)
         self.writer.setFormatter(logging.Formatter(logs.LOG_FORMAT))
         records = queue.SimpleQueue()
@@ -256,10 +255,14 @@ class TrainingRun:
         self.eval_records = eval_records if eval_records is not None else (
             load("test") if cfg.data.test and t.eval_every else [])
         shard_index, shard_count = self.loader_shard()
+        given = cfg  # what config.yaml records: rerun (or resumed) as it was given, it makes the same run
+        # an explicit train.steps wins: the records repeat as the steps need; else the epochs set the length
+        # (verl's total_training_steps)
+        num_epochs = cfg.data.num_epochs if t.steps is None else None
         self.loader = PromptLoader(self.train_records, batch_size=t.batch_size // shard_count, seed=t.seed,
-                                   shuffle=cfg.data.shuffle, num_epochs=cfg.data.num_epochs,
+                                   shuffle=cfg.data.shuffle, num_epochs=num_epochs,
                                    shard_index=shard_index, shard_count=shard_count)
-        if cfg.data.num_epochs is not None:  # the run is as long as its epochs (verl's total_training_steps)
+        if num_epochs is not None:
             cfg = self.cfg = steps_from_epochs(cfg, len(self.train_records), self.loader.num_batches)
 
         self.checkpoints = checkpoint.Checkpoints(self.run_dir, keep=cfg.checkpoint.keep,
@@ -288,7 +291,7 @@ class TrainingRun:
             self.restore(latest)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump(cfg, self.run_dir / "config.yaml")
+            dump(given, self.run_dir / "config.yaml")
             self._log_file = _LogFile(self.run_dir / LOG_FILE)
         if latest is not None:
             log.info("resumed %s at step %d", self.run_dir, self.step)
@@ -324,8 +327,7 @@ class TrainingRun:
     def check_batch_fits_mesh(self):
         t = self.cfg.train
         multiple = parallel.batch_size_multiple(self.mesh)
-        for name, rows in (("train.micro_batch_size", t.micro_batch_size),
-                           ("train.micro_batch_rows", t.micro_batch_rows),
+        for name, rows in (("train.micro_batch_rows", t.micro_batch_rows),
                            ("sequences per optimizer step", self.sequences_per_update())):
             if rows % multiple:
                 raise ValueError(f"{name} = {rows} does not divide over the {multiple} devices of the mesh's "
@@ -359,10 +361,9 @@ class TrainingRun:
         if self._stop is not None and self._stop.requested(self.step):
             raise StepAbandoned
 
-    def pack(self, prompts, replies) -> Packed:
-        """`sequences.pack` with widths every host agrees on (bucketed maxima over all hosts)."""
-        return pack(prompts, replies, prompt_width=shapes.bucket(parallel.global_max(max(map(len, prompts))), 16),
-                    reply_width=shapes.bucket(parallel.global_max(max(1, max(map(len, replies)))), 16))
+    def micro_rows(self) -> int:
+        """Packed rows per forward/backward pass: `train.micro_batch_rows`, or one per device of the batch axes."""
+        return self.cfg.train.micro_batch_rows or parallel.batch_size_multiple(self.mesh)
 
     def global_batch(self, local: np.ndarray) -> jax.Array:
         """A batch-sharded global array from this host's rows."""

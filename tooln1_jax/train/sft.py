@@ -49,30 +49,11 @@ def add_targets(run: TrainingRun, records: list[dict]) -> list[dict]:
 
 
 def supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, records: list[dict]):
-    """One optimizer step of the masked next-token loss on this host's `records` -> (params, opt_state, metrics),
-    in the run's layout (`train.layout`: examples packed into rows, or one padded row each)."""
-    if run.cfg.train.layout == "packed":
-        return _packed_supervised_step(run, steps, params, opt_state, records)
-    start = time.perf_counter()
-    packed = run.pack([r["prompt_ids"] for r in records], [r["target_ids"] for r in records])
-    batch = {"tokens": packed.tokens, "attention_mask": packed.attention_mask, "response_mask": packed.response_mask}
-    batch = {k: run.global_batch(v) for k, v in batch.items()}
-    with run.compiles.phase("update"):
-        params, opt_state, m = steps.sft_update(params, opt_state, batch, packed.prompt_width,
-                                                run.cfg.train.micro_batch_size)
-    metrics = {k: float(v) for k, v in m.items()}
-    seconds = time.perf_counter() - start
-    tokens = float(run.all_rows(packed.attention_mask.sum(1)).sum())
-    metrics.update({"time/update_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
-                    "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records]))})
-    return params, opt_state, metrics
-
-
-def _packed_supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, records: list[dict]):
-    """`supervised_step` with the examples packed into rows (groups of one reply, `packing.py`)."""
+    """One optimizer step of the masked next-token loss on this host's `records`, packed into rows (groups of one
+    reply, `packing.py`) -> (params, opt_state, metrics)."""
     start = time.perf_counter()
     hosts = jax.process_count()
-    micro_rows = run.cfg.train.micro_batch_rows or parallel.batch_size_multiple(run.mesh)
+    micro_rows = run.micro_rows()
     limit = run.cfg.sft.max_seq_len  # prompt + target of every example (`add_targets`)
     width = parallel.global_max(packing.reply_width_for(max(len(r["target_ids"]) for r in records), limit))
     packed = packing.pack_groups([r["prompt_ids"] for r in records], [[r["target_ids"]] for r in records],

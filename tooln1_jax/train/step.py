@@ -1,13 +1,10 @@
 """The jitted, sharded training computations: the optimizer, the log-prob pass, and the update steps (GRPO and
 supervised), each with gradient accumulation over micro-batches and every input/output sharding declared.
 
-A mini-batch of M sequences is split into M / m micro-batches of m (row j of micro-batch i is row j*n + i, so
-each micro-batch spreads over all devices); their gradients are summed with the loss normalised by the whole
-mini-batch's denominator, so the update equals one pass over the mini-batch.
-
-Two layouts: the padded one (`sequences.pack`: one prompt copy per reply, rows padded to the longest prompt + reply;
-kept as the reference) and the prefix-shared packed one (`packing.pack_groups`; micro-batches are packed rows,
-batch arrays are per row: [rows, L] and [rows, S, R] slots), which is what the trainers run.
+Batches are in the prefix-shared packed layout (`packing.pack_groups`): arrays per row, [rows, L] and [rows, S, R]
+reply slots. A mini-batch of M rows is split into M / m micro-batches of m rows (`train.micro_batch_rows`; row j
+of micro-batch i is row j*n + i, so each micro-batch spreads over all devices); their gradients are summed with
+the loss normalised by the whole mini-batch's denominator, so the update equals one pass over the mini-batch.
 """
 
 from __future__ import annotations
@@ -26,15 +23,18 @@ from tooln1_jax.config import GRPOConfig, OptimConfig
 from tooln1_jax.models import lora
 from tooln1_jax.models.qwen2 import Qwen2Config
 from tooln1_jax.train import grpo
-from tooln1_jax.train.sequences import packed_logprobs, response_logprobs
+from tooln1_jax.train.sequences import packed_logprobs
 
 PACKED_KEYS = ("tokens", "positions", "segment_ids", "prefix_ids", "predict", "targets")
+SCHEDULES = ("constant", "cosine")  # optim.schedule
 
 
 def make_optimizer(cfg: OptimConfig, total_updates: int,
                    token_ids: Sequence[int] = ()) -> optax.GradientTransformation:
     """AdamW with global-norm clipping; constant or warmup + cosine learning rate. The embedding (and untied head)
     rows of `token_ids` train at `cfg.token_rows_lr` (their updates scaled by token_rows_lr / lr)."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(total_updates, cfg.warmup_steps + 1))
     elif cfg.warmup_steps:
@@ -114,7 +114,7 @@ def _apply(optimizer, params, opt_state, grads):
 class GRPOSettings:
     temperature: float
     max_len: int  # Dr.GRPO's constant (the reply cap)
-    micro_batch_size: int
+    micro_batch_size: int  # packed rows per forward/backward pass (`train.micro_batch_rows`)
     grpo: GRPOConfig
 
 
@@ -130,84 +130,15 @@ def _micro_denominator(agg: str, mini_batch_den: jax.Array, micro_mask: jax.Arra
     return jnp.maximum(grpo.loss_denominator(micro_mask, "token-mean"), 1.0) * n_micro
 
 
-def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, prompt_width: int,
-                 params, opt_state, batch: dict):
-    g = settings.grpo
-    den = _mini_batch_denominator(g.loss_agg, batch["response_mask"])
-    n_micro = batch["tokens"].shape[0] // settings.micro_batch_size
-    with_entropy = g.entropy_coef != 0.0
-
-    def loss_fn(p, mb):
-        logp, entropy = response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width,
-                                          temperature=settings.temperature, with_entropy=with_entropy)
-        return grpo.policy_loss(
-            logp, mb["old_logp"], mb["ref_logp"] if g.beta > 0 else None, mb["advantages"], mb["response_mask"],
-            clip_eps=g.epsilon, clip_eps_high=g.epsilon_high, dual_clip=g.dual_clip, kl_coef=g.beta,
-            kl_type=g.kl_type, agg=g.loss_agg, entropy=entropy if with_entropy else None,
-            entropy_coef=g.entropy_coef, max_len=settings.max_len,
-            loss_denominator=_micro_denominator(g.loss_agg, den, mb["response_mask"], n_micro))
-
-    grads, metrics = _accumulate(loss_fn, params, batch, settings.micro_batch_size, mesh)
-    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
-    metrics = _token_weighted(metrics, summed=("loss", "pg_loss", "kl", "entropy"))
-    return params, opt_state, {**metrics, "grad_norm": grad_norm}
-
-
-def _supervised_update(logprobs_fn, micro: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
-    """Masked next-token cross-entropy on the reply tokens (token mean over the mini-batch); logprobs_fn(params,
-    micro_batch) gives the reply log-probs in the layout of batch["response_mask"]."""
-    den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
-
-    def loss_fn(p, mb):
-        logp = logprobs_fn(p, mb)
-        mask = mb["response_mask"]
-        nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
-        num_tokens = jnp.sum(mask)
-        target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
-        return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
-
-    grads, metrics = _accumulate(loss_fn, params, batch, micro, mesh)
-    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
-    metrics = _token_weighted(metrics, summed=("loss",))
-    return params, opt_state, {**metrics, "grad_norm": grad_norm}
-
-
-def _sft_update(config: Qwen2Config, micro_batch_size: int, optimizer, mesh: Mesh, prompt_width: int,
-                params, opt_state, batch: dict):
-    """The supervised loss on padded rows (prompt left-padded to `prompt_width`)."""
-    def logprobs_fn(p, mb):
-        return response_logprobs(config, p, mb["tokens"], mb["attention_mask"], prompt_width)[0]
-
-    return _supervised_update(logprobs_fn, micro_batch_size, optimizer, mesh, params, opt_state, batch)
-
-
-def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, prompt_width: int, micro: int,
-              mesh: Mesh, params, tokens, attention_mask):
-    """Reply log-probs (and entropies) [N, R], computed `micro` sequences at a time (bounded activations)."""
-    def one(t, m):
-        with parallel.activation_sharding(mesh):
-            return response_logprobs(config, params, t, m, prompt_width, temperature=temperature,
-                                     with_entropy=with_entropy)
-
-    rows = tokens.shape[0]
-    if rows <= micro:
-        return one(tokens, attention_mask)
-    sharding = parallel.batch_sharding(mesh, 2)
-    chunks = (_split_micro(tokens, micro, sharding), _split_micro(attention_mask, micro, sharding))
-    logp, entropy = jax.lax.map(lambda xs: one(*xs), chunks)  # [n, micro, R]
-    merge = lambda x: x.swapaxes(0, 1).reshape(rows, -1)  # noqa: E731  inverse of _split_micro
-    return merge(logp), merge(entropy)
-
-
 def _flat(x: jax.Array) -> jax.Array:
     """[rows, S, R] slots -> [rows * S, R] (the [batch, time] of grpo's functions); [rows, S] -> [rows * S]."""
     return x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x.reshape(-1)
 
 
-def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, log_entropy: bool,
-                        params, opt_state, batch: dict):
-    """`_grpo_update` on a packed batch. Without "old_logp" in the batch (a step's first mini-batch:
-    the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
+def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: Mesh, log_entropy: bool,
+                 params, opt_state, batch: dict):
+    """The clipped GRPO loss (`grpo.policy_loss`) on a packed mini-batch. Without "old_logp" in the batch (a step's
+    first mini-batch: the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
     `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
     g = settings.grpo
     den = _mini_batch_denominator(g.loss_agg, _flat(batch["response_mask"]))
@@ -236,14 +167,27 @@ def _grpo_update_packed(config: Qwen2Config, settings: GRPOSettings, optimizer, 
     return params, opt_state, {**metrics, "grad_norm": grad_norm}
 
 
-def _sft_update_packed(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
-    """`_sft_update` on packed examples (groups of one reply)."""
-    return _supervised_update(lambda p, mb: packed_logprobs(config, p, mb)[0], micro_rows, optimizer, mesh, params,
-                              opt_state, batch)
+def _sft_update(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
+    """Masked next-token cross-entropy on the reply tokens (token mean over the mini-batch) of packed examples
+    (groups of one reply)."""
+    den = jnp.maximum(jnp.sum(batch["response_mask"]), 1.0)
+
+    def loss_fn(p, mb):
+        logp = packed_logprobs(config, p, mb)[0]
+        mask = mb["response_mask"]
+        nll = -jnp.sum(jnp.where(mask > 0, logp, 0.0))
+        num_tokens = jnp.sum(mask)
+        target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
+        return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
+
+    grads, metrics = _accumulate(loss_fn, params, batch, micro_rows, mesh)
+    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
+    metrics = _token_weighted(metrics, summed=("loss",))
+    return params, opt_state, {**metrics, "grad_norm": grad_norm}
 
 
-def _packed_logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, micro_rows: int, mesh: Mesh,
-                     params, batch: dict):
+def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, micro_rows: int, mesh: Mesh,
+              params, batch: dict):
     """Reply log-probs (and entropies) [rows, S, R] of a packed batch, `micro_rows` rows at a time."""
     def one(mb):
         with parallel.activation_sharding(mesh):
@@ -276,23 +220,10 @@ class StepFunctions:
         return jax.jit(self.optimizer.init, in_shardings=(lora.partition(self.param_shardings)[0],),
                        out_shardings=self.opt_shardings)(trainable)
 
-    def _logprob_program(self, temperature: float, with_entropy: bool, prompt_width: int, micro: int):
-        key = ("logprobs", temperature, with_entropy, prompt_width, micro)
-        if key not in self._programs:
-            rows2 = parallel.batch_sharding(self.mesh, 2)
-            fn = functools.partial(_logprobs, self.config, temperature, with_entropy, prompt_width, micro, self.mesh)
-            self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, rows2, rows2),
-                                          out_shardings=(rows2, rows2))
-        return self._programs[key]
-
-    def logprobs(self, params, tokens, attention_mask, prompt_width: int, *, micro_batch_size: int,
-                 temperature: float = 1.0, with_entropy: bool = False):
-        program = self._logprob_program(float(temperature), with_entropy, prompt_width, micro_batch_size)
-        return program(params, tokens, attention_mask)
-
     def packed_logprobs(self, params, batch: dict, *, micro_rows: int, temperature: float = 1.0,
                         with_entropy: bool = False):
-        """`logprobs` of a packed batch (a dict with at least PACKED_KEYS): slots [rows, S, R]."""
+        """Reply log-probs (and entropies) of a packed batch (a dict with at least PACKED_KEYS): slots
+        [rows, S, R], `micro_rows` rows at a time."""
         program = self.packed_logprob_program(float(temperature), with_entropy, micro_rows)
         return program(params, {k: batch[k] for k in PACKED_KEYS})
 
@@ -302,50 +233,38 @@ class StepFunctions:
         if key not in self._programs:
             shardings = {k: parallel.batch_sharding(self.mesh, 2 if k in PACKED_KEYS[:4] else 3) for k in PACKED_KEYS}
             slots = parallel.batch_sharding(self.mesh, 3)
-            fn = functools.partial(_packed_logprobs, self.config, temperature, with_entropy, micro_rows, self.mesh)
+            fn = functools.partial(_logprobs, self.config, temperature, with_entropy, micro_rows, self.mesh)
             self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, shardings),
                                           out_shardings=(slots, slots))
         return self._programs[key]
 
     def grpo_update_packed(self, params, opt_state, batch: dict, settings: GRPOSettings, *,
                            log_entropy: bool = False):
-        """One optimizer step on a packed mini-batch; `settings.micro_batch_size` counts packed rows."""
+        """One optimizer step on a packed mini-batch."""
         return self.grpo_packed_program(batch, settings, log_entropy)(params, opt_state, batch)
 
     def grpo_packed_program(self, batch: dict, settings: GRPOSettings, log_entropy: bool = False):
         """The jitted packed GRPO update for batches with these keys (arrays or ShapeDtypeStructs)."""
-        keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
-        return self._update_program("grpo_packed", settings, log_entropy, keys)
+        return self._update_program("grpo", settings, log_entropy, batch)
 
     def sft_update_packed(self, params, opt_state, batch: dict, micro_rows: int):
-        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
-        return self._update_program("sft_packed", micro_rows, None, keys)(params, opt_state, batch)
+        return self.sft_packed_program(batch, micro_rows)(params, opt_state, batch)
 
-    def _update_program(self, kind: str, settings, extra, batch_keys: tuple):
-        """extra: the prompt width (padded layout) or log_entropy (packed GRPO)."""
-        key = (kind, settings, extra, batch_keys)
+    def sft_packed_program(self, batch: dict, micro_rows: int):
+        """The jitted packed supervised update for batches with these keys (arrays or ShapeDtypeStructs)."""
+        return self._update_program("sft", micro_rows, False, batch)
+
+    def _update_program(self, kind: str, settings, log_entropy: bool, batch: dict):
+        batch_keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
+        key = (kind, settings, log_entropy, batch_keys)
         if key not in self._programs:
-            self._programs[key] = self._build_update(kind, settings, extra, batch_keys)
+            if kind == "grpo":
+                fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, log_entropy)
+            else:
+                fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh)
+            batch_sh = {k: parallel.batch_sharding(self.mesh, ndim) for k, ndim in batch_keys}
+            replicated = parallel.replicated(self.mesh)
+            self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),
+                                          out_shardings=(self.param_shardings, self.opt_shardings, replicated),
+                                          donate_argnums=(0, 1))
         return self._programs[key]
-
-    def _build_update(self, kind: str, settings, extra, batch_keys: tuple):
-        if kind == "grpo":
-            fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, extra)
-        elif kind == "grpo_packed":
-            fn = functools.partial(_grpo_update_packed, self.config, settings, self.optimizer, self.mesh, extra)
-        elif kind == "sft_packed":
-            fn = functools.partial(_sft_update_packed, self.config, settings, self.optimizer, self.mesh)
-        else:
-            fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh, extra)
-        batch_sh = {k: parallel.batch_sharding(self.mesh, ndim) for k, ndim in batch_keys}
-        replicated = parallel.replicated(self.mesh)
-        return jax.jit(fn, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),
-                       out_shardings=(self.param_shardings, self.opt_shardings, replicated), donate_argnums=(0, 1))
-
-    def grpo_update(self, params, opt_state, batch: dict, prompt_width: int, settings: GRPOSettings):
-        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
-        return self._update_program("grpo", settings, prompt_width, keys)(params, opt_state, batch)
-
-    def sft_update(self, params, opt_state, batch: dict, prompt_width: int, micro_batch_size: int):
-        keys = tuple(sorted((k, v.ndim) for k, v in batch.items()))
-        return self._update_program("sft", micro_batch_size, prompt_width, keys)(params, opt_state, batch)

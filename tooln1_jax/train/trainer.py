@@ -2,8 +2,8 @@
 per mini-batch. Each step is a short sequence of named calls; the math lives in `grpo`, the jitted work in
 `step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
 
-The training passes use the prefix-shared packed layout (`train.layout: packed`, `packing.py`): each prompt once,
-then its G replies. The first mini-batch of a step takes its old log-probs from the update's own forward
+The training passes use the prefix-shared packed layout (`packing.py`): each prompt once, then its G replies;
+`train.micro_batch_rows` packed rows per forward/backward pass. The first mini-batch of a step takes its old log-probs from the update's own forward
 (stop-gradient: nothing has changed the policy since it sampled) instead of a separate pass; the entropy is
 computed only on steps that are logged. Packed shapes are bucketed (`packing`, `shapes.ladder`), so the update
 and log-prob passes compile a handful of programs however reply lengths vary; `compiles/rollout`,
@@ -13,7 +13,6 @@ programs the persistent compilation cache gave instead).
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -135,8 +134,7 @@ class GRPOTrainer(TrainingRun):
         self.reward_fn = self._reward_fn or Rewards(cfg.grpo.reward, cfg.grpo.reward_weights,
                                                     cfg.train.reward_workers, self.tokenizer)
         self.settings = GRPOSettings(temperature=cfg.rollout.temperature, max_len=cfg.rollout.max_new_tokens,
-                                     micro_batch_size=cfg.train.micro_batch_size, grpo=cfg.grpo)
-        self.packed_settings = dataclasses.replace(self.settings, micro_batch_size=self.micro_rows())
+                                     micro_batch_size=self.micro_rows(), grpo=cfg.grpo)
 
     def reference_params(self):
         """The frozen reference policy (the one GRPO starts from, after any warm start), or None without a KL term:
@@ -179,16 +177,10 @@ class GRPOTrainer(TrainingRun):
         t = self.cfg.train
         return (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
 
-    def minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int | None]:
-        """One device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
+    def minibatches(self, records, generated_ids, advantages) -> list[dict]:
+        """One packed device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
         computed before the first update: "old" is the policy that sampled. The replies keep their stop token:
-        ending the reply is an action the policy learns too. Packed layout: prompt width None."""
-        if self.cfg.train.layout == "packed":
-            return self.packed_minibatches(records, generated_ids, advantages), None
-        return self.padded_minibatches(records, generated_ids, advantages)
-
-    def packed_minibatches(self, records, generated_ids, advantages) -> list[dict]:
-        """`minibatches` in the prefix-shared packed layout. The first mini-batch gets no old log-prob pass: it is
+        ending the reply is an action the policy learns too. The first mini-batch gets no old log-prob pass: it is
         updated before any other, by the policy that sampled it, so its update takes its own forward's log-probs
         (and entropy, when logged); the later ones need the sampling policy's, computed here."""
         t, r = self.cfg.train, self.cfg.rollout
@@ -221,51 +213,9 @@ class GRPOTrainer(TrainingRun):
                 if reference is not None:
                     batch["ref_logp"], _ = self.steps.packed_logprobs(reference, batch, **kwargs)
             batches.append(batch)
-        self.layout_stats["real"] = self.layout_stats["useful"]
         return batches
 
-    def micro_rows(self) -> int:
-        return self.cfg.train.micro_batch_rows or parallel.batch_size_multiple(self.mesh)
-
-    def padded_minibatches(self, records, generated_ids, advantages) -> tuple[list[dict], int]:
-        """`minibatches` in the padded layout (one row per reply; the reference of the packed layout)."""
-        g, temperature = self.cfg.rollout.num_generations, self.cfg.rollout.temperature
-        packed = self.pack([records[i // g]["prompt_ids"] for i in range(len(generated_ids))], generated_ids)
-        rows = self.sequences_per_update() // jax.process_count()
-        batches, reference = [], self.reference_params()
-        for start in range(0, len(generated_ids), rows):
-            sl = slice(start, start + rows)
-            batch = {"tokens": packed.tokens[sl], "attention_mask": packed.attention_mask[sl],
-                     "response_mask": packed.response_mask[sl], "advantages": advantages[sl].astype(np.float32)}
-            batch = {k: self.global_batch(v) for k, v in batch.items()}
-            pass_args = (batch["tokens"], batch["attention_mask"], packed.prompt_width)
-            pass_kwargs = {"micro_batch_size": self.cfg.train.micro_batch_size, "temperature": temperature}
-            with self.compiles.phase("logprobs"):
-                batch["old_logp"], batch["entropy"] = self.steps.logprobs(self.params, *pass_args,
-                                                                          with_entropy=True, **pass_kwargs)
-                if reference is not None:
-                    batch["ref_logp"], _ = self.steps.logprobs(reference, *pass_args, **pass_kwargs)
-            batches.append(batch)
-        computed = packed.tokens.size * jax.process_count()
-        useful = sum(len(rec["prompt_ids"]) for rec in records) + sum(map(len, generated_ids))
-        self.layout_stats = {"computed": computed, "useful": int(self.all_rows(np.array([useful])).sum()),
-                             "real": int(self.all_rows(np.array([packed.attention_mask.sum()])).sum())}
-        return batches, packed.prompt_width
-
-    def update(self, batches: list[dict], prompt_width: int | None) -> list[dict]:
-        if prompt_width is None:
-            return self.packed_update(batches)
-        metrics = []
-        for batch in batches:
-            entropy, mask = batch.pop("entropy"), batch["response_mask"]
-            with self.compiles.phase("update"):
-                self.params, self.opt_state, m = self.steps.grpo_update(self.params, self.opt_state, batch,
-                                                                       prompt_width, self.settings)
-            m["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # of the sampling policy
-            metrics.append(m)
-        return jax.device_get(metrics)
-
-    def packed_update(self, batches: list[dict]) -> list[dict]:
+    def update(self, batches: list[dict]) -> list[dict]:
         metrics = []
         log_entropy = self.logged_next()
         for batch in batches:
@@ -273,7 +223,7 @@ class GRPOTrainer(TrainingRun):
             own_entropy = log_entropy and "old_logp" not in batch
             with self.compiles.phase("update"):
                 self.params, self.opt_state, m = self.steps.grpo_update_packed(
-                    self.params, self.opt_state, batch, self.packed_settings, log_entropy=own_entropy)
+                    self.params, self.opt_state, batch, self.settings, log_entropy=own_entropy)
             mask = batch["response_mask"]
             if own_entropy:  # the update's forward is the sampling policy's
                 m["entropy"] = m.pop("entropy_sum") / jnp.maximum(m["num_tokens"], 1.0)
@@ -288,19 +238,16 @@ class GRPOTrainer(TrainingRun):
         positions = self.local_positions(len(global_records))
         records = [global_records[i] for i in positions]
         start = time.perf_counter()
-        engine_before = dict(sampler.STATS)
         with self.compiles.phase("rollout"):
             rollout = self.rollout(records, positions)
         rollout_seconds = time.perf_counter() - start
-        self.engine_stats = {k: sampler.STATS[k] - engine_before[k] for k in engine_before}
         replies, reply_ids = decode_replies(self.tokenizer, rollout, self.stop_ids)
         row_records = [records[i // g] for i in range(len(replies))]
         rewards, extra = self.reward_fn(row_records, replies, reply_ids)
         self.abandon_if_stopping()  # a signal during the rollout: nothing is updated yet
         start = time.perf_counter()
         generated = sampler.reply_ids(rollout, stop_ids=())  # with the stop token
-        batches, prompt_width = self.minibatches(records, generated, self.advantages(rewards))
-        update_metrics = self.update(batches, prompt_width)
+        update_metrics = self.update(self.minibatches(records, generated, self.advantages(rewards)))
         update_seconds = time.perf_counter() - start
         self.step += 1
         metrics = self.step_metrics(rewards, extra, rollout, update_metrics, rollout_seconds, update_seconds)
@@ -326,9 +273,9 @@ class GRPOTrainer(TrainingRun):
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
                         **self.layout_metrics(),
                         "epoch": self.loader.epoch, "updates": len(update_metrics),
-                        "sampler_compiles": sampler.STATS["compiles"],
-                        "rollout/slot_utilisation": sampler.utilisation(self.engine_stats),
-                        "rollout/decode_steps": self.engine_stats["decode_steps"]})
+                        "sampler_compiles": sampler.programs_built(),
+                        "rollout/slot_utilisation": rollout.stats.utilisation,
+                        "rollout/decode_steps": rollout.stats.decode_steps})
         return metrics
 
     def layout_metrics(self) -> dict:
@@ -336,7 +283,7 @@ class GRPOTrainer(TrainingRun):
         positions that hold no token, of the last training passes."""
         s = self.layout_stats
         return {"layout/computed_per_useful": s["computed"] / max(s["useful"], 1),
-                "layout/padding_frac": 1.0 - s["real"] / max(s["computed"], 1)}
+                "layout/padding_frac": 1.0 - s["useful"] / max(s["computed"], 1)}
 
     def close(self):
         super().close()
