@@ -46,6 +46,14 @@ PINNED_SHA256: dict[str, str] = {
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, computed once per (path, size, modification time): a run opens its weights more than once
+    (the config header, then the tensors)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -54,7 +62,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def check_pinned(path: str | os.PathLike) -> None:
-    """Refuse a file named in `PINNED_SHA256` whose sha256 is not the pinned one, or that has none pinned."""
+    """Refuse a file named in `PINNED_SHA256` whose sha256 is not the pinned one."""
     path = Path(path)
     if path.name not in PINNED_SHA256:
         return
