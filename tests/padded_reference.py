@@ -50,8 +50,8 @@ def pad_groups(prompts, replies) -> PaddedBatch:
 
 def response_logprobs(config: qwen2.Qwen2Config, params, batch: PaddedBatch, *, temperature: float = 1.0):
     """Log-probs and entropies [N, R] of the reply positions under log_softmax(logits / temperature)."""
-    hidden, _ = qwen2.hidden_states(config, params, jnp.asarray(batch.tokens),
-                                    attention_mask=jnp.asarray(batch.attention_mask))
+    hidden = qwen2.hidden_states(config, params, jnp.asarray(batch.tokens),
+                                 attention_mask=jnp.asarray(batch.attention_mask))
     p = batch.prompt_width
     reply = batch.tokens.shape[1] - p
     logits = qwen2.apply_head(config, params, hidden[:, p - 1:p - 1 + reply]) / temperature

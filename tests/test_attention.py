@@ -88,10 +88,10 @@ def test_remat_policies_give_the_same_gradient():
 def test_forward_of_a_plain_causal_row_given_as_ids_equals_the_attention_mask_path():
     tokens = jnp.asarray(np.random.default_rng(4).integers(1, 64, (2, 19)), jnp.int32)
     p = cases.params()
-    ref, _ = qwen2.forward(cases.CONFIG, p, tokens)
+    ref = qwen2.forward(cases.CONFIG, p, tokens)
     ones = jnp.ones(tokens.shape, jnp.int32)
-    ours, _ = qwen2.forward(cases.CONFIG, p, tokens, positions=jnp.cumsum(ones, axis=1) - 1, segment_ids=ones,
-                            prefix_ids=0 * ones)
+    ours = qwen2.forward(cases.CONFIG, p, tokens, positions=jnp.cumsum(ones, axis=1) - 1, segment_ids=ones,
+                         prefix_ids=0 * ones)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 

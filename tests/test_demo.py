@@ -88,7 +88,7 @@ def test_export_of_the_demo_checkpoint_loads_in_transformers_with_the_same_logit
     _tooln1("export", str(run_dir), "--out", str(tmp_path / "hf"))
     config, params = checkpoint.load_model(run_dir)
     tokens = np.array([[151644, 872, 198, 9707, 0, 151645, 198]])
-    ours = np.asarray(qwen2.forward(config, params, tokens)[0])
+    ours = np.asarray(qwen2.forward(config, params, tokens))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
         theirs = model(torch.tensor(tokens)).logits.numpy()

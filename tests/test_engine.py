@@ -185,7 +185,7 @@ def test_decode_layout_forward_equals_the_model(loaded):
     config, params = loaded
     w = inference.prepare(config, params)
     tokens = np.array([[5, 6, 7, 8, 9, 10, 11, 12], [3, 4, 250, 7, 19, 42, 1, 2]])
-    expected = np.asarray(qwen2.forward(config, params, tokens)[0])
+    expected = np.asarray(qwen2.forward(config, params, tokens))
     caches = kv_cache.allocate(config, 2, 16, w.dtype)
     positions = np.broadcast_to(np.arange(8), (2, 8))
     got = []

@@ -39,7 +39,7 @@ def test_real_gguf_top1_agrees_with_transformers():
     ids = np.array([_real_token_ids()])
     config, params = weights.load(GGUF, dtype="float32")
     assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (24, 896, 2)
-    ours = np.asarray(qwen2.forward(config, params, ids)[0])[0]
+    ours = np.asarray(qwen2.forward(config, params, ids))[0]
     del params
 
     reference = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name,

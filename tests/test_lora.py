@@ -17,7 +17,7 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _logits(config, params, tokens=TOKENS):
-    return np.asarray(qwen2.forward(config, params, tokens)[0])
+    return np.asarray(qwen2.forward(config, params, tokens))
 
 
 def _random_b(params, seed=1):

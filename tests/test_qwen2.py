@@ -38,8 +38,8 @@ def test_logits_match_transformers_on_right_padded_batch(heads, kv_heads, tied):
     assert ("lm_head" in params) == (not tied)
     tokens, mask, positions = _right_padded_batch(config.vocab_size, [11, 6, 9], 11)
     ref = hf_logits(model, tokens, mask, positions)
-    logits, cache = qwen2.forward(config, params, tokens, positions=positions, attention_mask=mask)
-    assert cache is None and logits.dtype == jnp.float32
+    logits = qwen2.forward(config, params, tokens, positions=positions, attention_mask=mask)
+    assert logits.dtype == jnp.float32
     real = mask == 1  # a padding token's logits mean nothing (ours: it attends to padding only)
     assert_logits_close(np.asarray(logits)[real], ref[real])
 
@@ -49,7 +49,7 @@ def test_default_positions_handle_left_padding():
     config, params = _ours(model)
     tokens = np.array([[5, 6, 7, 8], [0, 0, 9, 10]])
     mask = np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
-    logits, _ = qwen2.forward(config, params, tokens, attention_mask=mask)
+    logits = qwen2.forward(config, params, tokens, attention_mask=mask)
     # the left-padded row's real tokens behave exactly like an unpadded prompt of two tokens
     alone = hf_logits(model, np.array([[9, 10]]))
     assert_logits_close(np.asarray(logits)[1:, 2:], alone)
@@ -61,9 +61,9 @@ def test_explicit_positions_are_used():
     config, params = _ours(model)
     tokens = np.array([[3, 1, 4, 1, 5]])
     positions = np.array([[0, 2, 3, 7, 8]])  # gaps: RoPE only sees relative offsets, so a uniform shift would not show
-    logits, _ = qwen2.forward(config, params, tokens, positions=positions)
+    logits = qwen2.forward(config, params, tokens, positions=positions)
     assert_logits_close(logits, hf_logits(model, tokens, positions=positions))
-    shifted, _ = qwen2.forward(config, params, tokens)
+    shifted = qwen2.forward(config, params, tokens)
     assert np.abs(np.asarray(shifted) - np.asarray(logits)).max() > 1e-3
 
 
@@ -74,7 +74,7 @@ def test_cached_prefill_and_decode_equal_a_full_forward(tied):
     config, params = _ours(model)
     lengths = [12, 11, 9]
     tokens, mask, _ = _right_padded_batch(config.vocab_size, lengths, 12, seed=3)
-    full = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask)[0])
+    full = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask))
 
     w = inference.prepare(config, params)
     caches = kv_cache.allocate(config, rows=3, capacity=16, dtype=w.dtype)
@@ -97,9 +97,9 @@ def test_plain_rows_take_the_packed_attention_path():
     the same rows given as ids, bit for bit."""
     config, params = _ours(tiny_hf_model(4, 2, False))
     tokens, mask, positions = _right_padded_batch(config.vocab_size, [7, 4], 7, seed=5)
-    plain = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask)[0])
+    plain = np.asarray(qwen2.forward(config, params, tokens, attention_mask=mask))
     ids = np.asarray(qwen2.forward(config, params, tokens, positions=positions, segment_ids=mask,
-                                   prefix_ids=np.zeros_like(mask))[0])
+                                   prefix_ids=np.zeros_like(mask)))
     np.testing.assert_array_equal(plain[mask == 1], ids[mask == 1])
     with pytest.raises(ValueError, match="packed rows need positions, segment_ids and prefix_ids"):
         qwen2.forward(config, params, tokens, segment_ids=mask, prefix_ids=np.zeros_like(mask))
@@ -112,7 +112,7 @@ def test_compute_dtype_bfloat16_keeps_float32_logits_and_is_close():
     config, params = _ours(model)
     tokens = np.arange(10)[None] % config.vocab_size
     ref = hf_logits(model, tokens)
-    logits, _ = qwen2.forward(config.replace(dtype="bfloat16"), params, tokens)
+    logits = qwen2.forward(config.replace(dtype="bfloat16"), params, tokens)
     assert logits.dtype == jnp.float32
     assert np.abs(np.asarray(logits) - ref).max() < 0.05 * np.abs(ref).max()
 

@@ -36,7 +36,7 @@ def _hf_greedy(model, prompts, new_tokens, eos=None):
 
 def _full_forward_logits(config, params, prompt, reply):
     seq = np.array([list(prompt) + list(reply)])
-    logits = np.asarray(qwen2.forward(config, params, seq)[0])[0]
+    logits = np.asarray(qwen2.forward(config, params, seq))[0]
     return logits[len(prompt) - 1: len(prompt) - 1 + len(reply)]  # logits that predicted each reply token
 
 
@@ -120,7 +120,7 @@ def test_sampling_distribution_matches_the_filtered_softmax(loaded, temperature,
     rollout = sampler.generate(config, params, [prompt], num_samples=draws, max_new_tokens=1,
                                temperature=temperature, top_k=top_k, top_p=top_p, rng=jax.random.key(7),
                                stop_ids=())
-    logits = np.asarray(qwen2.forward(config, params, np.array([prompt]))[0])[0, -1].astype(np.float64)
+    logits = np.asarray(qwen2.forward(config, params, np.array([prompt])))[0, -1].astype(np.float64)
     expected = _filtered_probs(logits, temperature, top_k, top_p)
     counts = np.bincount(rollout.tokens[:, 0], minlength=config.vocab_size)
     assert counts[expected == 0].sum() == 0, "sampled a token the filters exclude"

@@ -73,7 +73,7 @@ def draws_with_reference(config, params, temperature, top_k, top_p, seed=11):
     excluded = np.zeros(q.shape, bool)
     for p, prompt in enumerate(PROMPTS):
         seqs = np.concatenate([np.tile(prompt, (SAMPLES, 1)), tokens[p]], axis=1)
-        logits = np.asarray(qwen2.forward(config, params, jnp.asarray(seqs))[0])
+        logits = np.asarray(qwen2.forward(config, params, jnp.asarray(seqs)))
         for s in range(SAMPLES):
             for t in range(STEPS):
                 q[p, s, t], excluded[p, s, t] = reference(logits[s, len(prompt) - 1 + t], temperature, top_k, top_p)

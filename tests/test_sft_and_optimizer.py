@@ -48,7 +48,7 @@ def test_sft_loss_and_gradient_match_a_per_sequence_cross_entropy():
     def reference_loss(p_):
         out, predicting = 0.0, []
         for p, t in zip(prompts, targets):
-            logits, _ = qwen2.forward(CONFIG, p_, jnp.asarray([p + t]))
+            logits = qwen2.forward(CONFIG, p_, jnp.asarray([p + t]))
             predicting.append(logits[0, len(p) - 1:len(p) - 1 + len(t)])
             out += optax.softmax_cross_entropy_with_integer_labels(predicting[-1], jnp.asarray(t)).sum()
         return out / total, predicting

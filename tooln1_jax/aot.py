@@ -68,8 +68,7 @@ def topology_devices(name: str) -> list:
 
 def devices_per_chip(devices) -> int:
     """Devices jax sees per chip (libtpu describes v4 slices with one device per TensorCore)."""
-    chips_ = {(d.process_index, tuple(d.coords)) for d in devices}
-    return len(devices) // len(chips_)
+    return len(devices) // len({(d.process_index, tuple(d.coords)) for d in devices})
 
 
 def model_config(cfg: RunConfig, config_path: str | None) -> Qwen2Config:
@@ -98,14 +97,15 @@ def abstract(shapes, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def per_chip_bytes(tree, dtype=None) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (in `dtype` when given)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            continue
-        total += math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(dtype or x.dtype).itemsize
-    return int(total)
+def batch_spec(mesh, shape: tuple, dtype) -> jax.ShapeDtypeStruct:
+    """A ShapeDtypeStruct with its leading dim over the batch axes, as the trainer places batches."""
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
+
+
+def per_chip_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree) if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,13 +161,9 @@ def packed_batch(mesh, prompt: int, replies: int, reply: int, groups: int, budge
                                  max_length=prompt + replies * reply)
     rows, length, slots, width = packed.shape
     rows *= hosts
-
-    def spec(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
-
-    batch = {k: spec((rows, length), jnp.int32) for k in PACKED_KEYS[:4]}
-    batch.update({k: spec((rows, slots, width), jnp.int32) for k in PACKED_KEYS[4:]})
-    batch["response_mask"] = spec((rows, slots, width), jnp.float32)
+    batch = {k: batch_spec(mesh, (rows, length), jnp.int32) for k in PACKED_KEYS[:4]}
+    batch.update({k: batch_spec(mesh, (rows, slots, width), jnp.int32) for k in PACKED_KEYS[4:]})
+    batch["response_mask"] = batch_spec(mesh, (rows, slots, width), jnp.float32)
     return batch
 
 
@@ -206,10 +202,8 @@ def _sub_jaxprs(params: dict):
 
     for value in params.values():
         for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, core.ClosedJaxpr):
-                yield item.jaxpr
-            elif isinstance(item, core.Jaxpr):
-                yield item
+            if isinstance(item, (core.ClosedJaxpr, core.Jaxpr)):
+                yield item.jaxpr if isinstance(item, core.ClosedJaxpr) else item
 
 
 def matmul_cost(jaxpr, while_trips: int | None = 1) -> tuple[float, float]:
@@ -237,30 +231,6 @@ def matmul_cost(jaxpr, while_trips: int | None = 1) -> tuple[float, float]:
 
 
 # ---- compiling one program ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ProgramReport:
-    name: str
-    runs: int  # per training step (0: not part of a step, e.g. eval or the warm start)
-    bytes_per_chip: int
-    chip_hbm_bytes: int
-    flops: float  # per chip, one run
-    bytes_accessed: float
-    estimated_seconds: float  # roofline, one run
-    memory: dict  # the compiled program's own bytes and the resident ones
-    xla_flops: float
-    xla_bytes_accessed: float
-
-    @property
-    def fits(self) -> bool:
-        return self.bytes_per_chip <= self.chip_hbm_bytes
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "runs_per_step": self.runs, "bytes_per_chip": self.bytes_per_chip,
-                "chip_hbm_bytes": self.chip_hbm_bytes, "fits": self.fits, "flops": self.flops,
-                "bytes_accessed": self.bytes_accessed, "estimated_seconds": self.estimated_seconds,
-                "xla_flops": self.xla_flops, "xla_bytes_accessed": self.xla_bytes_accessed, **self.memory}
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
     chip: chips.Chip
@@ -272,13 +242,15 @@ class Target:
         return int(self.chip.hbm_bytes // self.per_chip)
 
     def seconds(self, flops: float, nbytes: float) -> float:
-        share = self.per_chip
-        return max(flops * share / self.chip.peak_flops, nbytes * share / self.chip.hbm_bandwidth)
+        return max(flops * self.per_chip / self.chip.peak_flops, nbytes * self.per_chip / self.chip.hbm_bandwidth)
 
 
 def compile_program(target: Target, name: str, program, args: tuple, *, runs: int, resident: int,
-                    while_trips: int = 1) -> tuple[ProgramReport, object]:
-    """Trace, lower and compile `program(*args)`; its report and its outputs (ShapeDtypeStructs)."""
+                    while_trips: int = 1) -> tuple[dict, object]:
+    """Trace, lower and compile `program(*args)`; its report and its outputs (ShapeDtypeStructs). The report:
+    runs per training step (0: not part of a step, e.g. eval or the warm start); bytes per chip, the program's own
+    and `resident` (what else is held while it runs), against the chip's HBM; FLOPs, bytes accessed and roofline
+    seconds of one run on one chip; XLA's own FLOPs and bytes."""
     start = time.perf_counter()
     traced = program.trace(*args)
     flops, nbytes = (x / target.devices for x in matmul_cost(traced.jaxpr.jaxpr, while_trips))
@@ -287,25 +259,22 @@ def compile_program(target: Target, name: str, program, args: tuple, *, runs: in
     except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses temporaries beyond the HBM
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
+        error = str(e).splitlines()[0]
+        log.info("%s: out of HBM at compile time (%s)", name, error)
         own = {"argument_bytes": per_chip_bytes(args), "temp_bytes": _temporaries_of(str(e))}
-        log.info("%s: out of HBM at compile time (%s)", name, str(e).splitlines()[0])
-        report = ProgramReport(name=name, runs=runs, bytes_per_chip=sum(own.values()) + resident,
-                               chip_hbm_bytes=target.hbm, flops=flops, bytes_accessed=nbytes,
-                               estimated_seconds=target.seconds(flops, nbytes),
-                               memory={**own, "resident_bytes": resident, "compiler_error": str(e).splitlines()[0]},
-                               xla_flops=0.0, xla_bytes_accessed=0.0)
-        return report, traced.out_info
-    log.info("compiled %s in %.0f s", name, time.perf_counter() - start)
-    m = compiled.memory_analysis()
-    own = {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
-           "alias_bytes": int(m.alias_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes)}
-    peak = own["argument_bytes"] + own["output_bytes"] - own["alias_bytes"] + own["temp_bytes"]
-    xla = compiled.cost_analysis()
-    xla = (xla[0] if isinstance(xla, (list, tuple)) else xla) or {}
-    report = ProgramReport(name=name, runs=runs, bytes_per_chip=peak + resident, chip_hbm_bytes=target.hbm,
-                           flops=flops, bytes_accessed=nbytes, estimated_seconds=target.seconds(flops, nbytes),
-                           memory={**own, "resident_bytes": resident}, xla_flops=float(xla.get("flops", 0.0)),
-                           xla_bytes_accessed=float(xla.get("bytes accessed", 0.0)))
+        peak, memory, xla = sum(own.values()), {**own, "resident_bytes": resident, "compiler_error": error}, {}
+    else:
+        log.info("compiled %s in %.0f s", name, time.perf_counter() - start)
+        m = compiled.memory_analysis()
+        own = {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
+               "alias_bytes": int(m.alias_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes)}
+        peak = own["argument_bytes"] + own["output_bytes"] - own["alias_bytes"] + own["temp_bytes"]
+        memory, xla = {**own, "resident_bytes": resident}, compiled.cost_analysis()
+        xla = (xla[0] if isinstance(xla, (list, tuple)) else xla) or {}
+    report = {"name": name, "runs_per_step": runs, "bytes_per_chip": peak + resident, "chip_hbm_bytes": target.hbm,
+              "fits": peak + resident <= target.hbm, "flops": flops, "bytes_accessed": nbytes,
+              "estimated_seconds": target.seconds(flops, nbytes), "xla_flops": float(xla.get("flops", 0.0)),
+              "xla_bytes_accessed": float(xla.get("bytes accessed", 0.0)), **memory}
     return report, traced.out_info
 
 
@@ -319,7 +288,7 @@ def _temporaries_of(message: str) -> int:
 
 # ---- the programs of a run ---------------------------------------------------------------------------------------
 def _rollout_programs(target, model, mesh, state: TrainingState, plan: RolloutPlan, *, prefix: str, dtype: str,
-                      fsdp: bool, sampling, calls: int, chunk_steps: int, resident: int) -> list[ProgramReport]:
+                      fsdp: bool, sampling, calls: int, chunk_steps: int, resident: int) -> list[dict]:
     """The rollout weights, prefill, insert, decode and compaction programs of `calls` sampler calls per step
     (calls 0: reported, not counted in the step); `resident`: bytes per chip held throughout (policy, optimizer,
     reference)."""
@@ -331,46 +300,42 @@ def _rollout_programs(target, model, mesh, state: TrainingState, plan: RolloutPl
                                               resident=resident - per_chip_bytes(state.params))
     w_treedef, w_shardings = engine._shardings_of(weights)
     w_bytes = per_chip_bytes(weights)
+
     def cache_specs(rows, capacity):
         s = kv_cache.sharding(model, mesh, rows, capacity)
         shape = (rows, model.num_key_value_heads, capacity, model.head_dim)
         return tuple((jax.ShapeDtypeStruct(shape, dtype, sharding=s),) * 2 for _ in range(model.num_hidden_layers))
 
-    def spec(shape, dt, sharding=None):
-        return jax.ShapeDtypeStruct(shape, dt, sharding=sharding or parallel.batch_sharding(mesh, len(shape)))
+    def scalar(dt):
+        return jax.ShapeDtypeStruct((), dt, sharding=parallel.replicated(mesh))
+
+    def report(name, program, args, runs, held, **kwargs):  # held: resident besides `resident`
+        return compile_program(target, prefix + name, program, args, runs=runs, resident=resident + held, **kwargs)[0]
 
     slot_caches, prompt_caches = cache_specs(plan.slots, plan.capacity), cache_specs(plan.prefill_rows, plan.width)
     slot_kv, prompt_kv = per_chip_bytes(slot_caches), per_chip_bytes(prompt_caches)
-    ids = spec((plan.prefill_rows, plan.width), jnp.int32)
-    slot_ids = spec((plan.slots,), jnp.int32)
-    decode_state = jax.tree.map(lambda x: spec((plan.slots,), x.dtype), engine.SlotState.empty(0))
-    replicated = parallel.replicated(mesh)
-    rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
-    waiting = jax.ShapeDtypeStruct((), jnp.bool_, sharding=replicated)
-    compact_at = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    stop_ids = tuple(engine.DEFAULT_STOP_IDS)
+    ids = batch_spec(mesh, (plan.prefill_rows, plan.width), jnp.int32)
+    slot_ids = batch_spec(mesh, (plan.slots,), jnp.int32)
+    decode_state = jax.tree.map(lambda x: batch_spec(mesh, (plan.slots,), x.dtype), engine.SlotState.empty(0))
+    rng = scalar(jax.eval_shape(lambda: jax.random.key(0)).dtype)
+    decode_args = (weights, slot_caches, decode_state, rng, scalar(jnp.bool_), scalar(jnp.int32))  # waiting, compact_at
+    prefills = calls * plan.prefill_batches
 
     reports = [weights_report]
     allocate = engine._allocate_program(model, mesh, plan.slots, plan.capacity, dtype)
-    reports.append(compile_program(target, f"{prefix}kv_cache", allocate, (), runs=calls,
-                                   resident=resident + w_bytes)[0])
+    reports.append(report("kv_cache", allocate, (), calls, w_bytes))
     prefill = engine._prefill_program(model, mesh, w_treedef, w_shardings, plan.prefill_rows, plan.width)
-    reports.append(compile_program(target, f"{prefix}prefill", prefill, (weights, ids, ids),
-                                   runs=calls * plan.prefill_batches, resident=resident + slot_kv + prompt_kv)[0])
+    reports.append(report("prefill", prefill, (weights, ids, ids), prefills, slot_kv + prompt_kv))
     insert = engine._insert_program(model, mesh, plan.slots, plan.capacity, plan.prefill_rows, plan.width)
-    reports.append(compile_program(target, f"{prefix}insert", insert, (slot_caches, prompt_caches, slot_ids, slot_ids),
-                                   runs=calls * plan.prefill_batches, resident=resident + w_bytes)[0])
-    decode = engine._decode_program(model, sampling, stop_ids, mesh, w_treedef, w_shardings, plan.slots,
-                                    plan.capacity, plan.capacity, chunk_steps)
-    reports.append(compile_program(target, f"{prefix}decode", decode, (weights, slot_caches, decode_state, rng, waiting,
-                                                                      compact_at),
-                                   runs=calls * plan.decode_chunks, resident=resident + prompt_kv,
-                                   while_trips=chunk_steps)[0])
+    reports.append(report("insert", insert, (slot_caches, prompt_caches, slot_ids, slot_ids), prefills, w_bytes))
+    decode = engine._decode_program(model, sampling, tuple(engine.DEFAULT_STOP_IDS), mesh, w_treedef, w_shardings,
+                                    plan.slots, plan.capacity, plan.capacity, chunk_steps)
+    reports.append(report("decode", decode, decode_args, calls * plan.decode_chunks, prompt_kv,
+                          while_trips=chunk_steps))
     if plan.compact_to:  # every reply at the cap: all finish together, so a step runs none
         compact = engine._compact_program(model, mesh, plan.slots, plan.capacity, plan.compact_to)
-        reports.append(compile_program(target, f"{prefix}compact", compact,
-                                       (slot_caches, spec((plan.compact_to,), jnp.int32)), runs=0,
-                                       resident=resident + w_bytes + prompt_kv)[0])
+        reports.append(report("compact", compact, (slot_caches, batch_spec(mesh, (plan.compact_to,), jnp.int32)), 0,
+                              w_bytes + prompt_kv))
     return reports
 
 
@@ -381,7 +346,7 @@ def batch_shapes(batch: dict) -> dict:
 
 
 def _grpo_programs(target, cfg: RunConfig, mesh, state: TrainingState, micro_rows: int,
-                   shapes: dict) -> list[ProgramReport]:
+                   shapes: dict) -> list[dict]:
     """The old and reference log-prob passes and the GRPO updates of one step (`trainer.packed_minibatches` and
     `packed_update`): every mini-batch is built, with its log-probs, before the first update."""
     from tooln1_jax.train.step import PACKED_KEYS, GRPOSettings
@@ -392,11 +357,10 @@ def _grpo_programs(target, cfg: RunConfig, mesh, state: TrainingState, micro_row
                          t.mini_batch_size // hosts, t.pack_tokens, micro_rows, reply_cap=r.max_new_tokens)
     rows, slots, width = batch["predict"].shape
     shapes["mini_batch"] = {**batch_shapes(batch), "micro_rows": micro_rows, "mini_batches": n_mb}
-    spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32,  # noqa: E731
-                                              sharding=parallel.batch_sharding(mesh, len(shape)))
-    full = {**batch, "advantages": spec((rows, slots)), "old_logp": spec((rows, slots, width))}
+    full = {**batch, "advantages": batch_spec(mesh, (rows, slots), jnp.float32),
+            "old_logp": batch_spec(mesh, (rows, slots, width), jnp.float32)}
     if state.reference is not None:
-        full["ref_logp"] = spec((rows, slots, width))
+        full["ref_logp"] = full["old_logp"]
     batches = n_mb * per_chip_bytes(full)  # the step's mini-batches, all held until the last update
     held = per_chip_bytes(state.opt_state) + state.reference_bytes
     inputs = {k: batch[k] for k in PACKED_KEYS}
@@ -426,7 +390,7 @@ def _grpo_programs(target, cfg: RunConfig, mesh, state: TrainingState, micro_row
 
 
 def _sft_program(target, cfg: RunConfig, mesh, state: TrainingState, micro_rows: int, shapes: dict, *, name: str,
-                 runs: int) -> ProgramReport:
+                 runs: int) -> dict:
     """The packed supervised update (`sft.supervised_step`) at its worst case: every example
     sft.max_seq_len tokens, its prompt data.max_prompt_tokens (or one token short of the limit)."""
     t = cfg.train
@@ -480,16 +444,16 @@ def compile_report(cfg: RunConfig, devices, *, config_path: str | None = None, s
         programs += _rollout_programs(target, model, mesh, state, plan, prefix="eval_", dtype=model.dtype, fsdp=False,
                                       sampling=Sampling(0.0, 1.0, 0), calls=0, chunk_steps=DEFAULT_CHUNK_STEPS,
                                       resident=held)
-    step_seconds = sum(p.runs * p.estimated_seconds for p in programs)
+    step_seconds = sum(p["runs_per_step"] * p["estimated_seconds"] for p in programs)
     n_chips = target.devices // target.per_chip
     return {"chip": target.chip.name, "chips": n_chips, "shapes": shapes, "hosts": hosts, "mesh": dict(mesh.shape),
             "run": "sft" if sft else "grpo",
             "model": {"params": n, "dtype": model.dtype, "param_dtype": model.param_dtype,
                       "remat": model.remat_policy, "attention": model.attention, "head": model.head,
                       "lora_rank": model.lora_rank},
-            "fits": all(p.fits for p in programs), "estimated_step_seconds": step_seconds,
+            "fits": all(p["fits"] for p in programs), "estimated_step_seconds": step_seconds,
             "estimated_mfu": model_flops / (n_chips * target.chip.peak_flops * step_seconds) if step_seconds else 0.0,
-            "programs": [p.to_json() for p in programs]}
+            "programs": programs}
 
 
 # ---- the command -------------------------------------------------------------------------------------------------

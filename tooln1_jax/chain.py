@@ -148,11 +148,9 @@ def summarize(out: Path) -> dict:
     settings = json.loads((out / "settings.json").read_text())
     summaries = {name: json.loads((out / f"eval_{name}" / "summary.json").read_text())["bfcl"] for name in EVALS}
     categories = list(settings["eval"]["categories"])
-    table = []
-    for category in categories:
-        cells = {name: summaries[name]["categories"].get(category, {}) for name in EVALS}
-        table.append({"category": category, "n": cells["base"].get("n"),
-                      **{name: cells[name].get("accuracy") for name in EVALS}})
+    cells = {name: summaries[name]["categories"] for name in EVALS}
+    table = [{"category": c, "n": cells["base"].get(c, {}).get("n"),
+              **{name: cells[name].get(c, {}).get("accuracy") for name in EVALS}} for c in categories]
     totals = {name: _overall(summaries[name], categories) for name in EVALS}
     table.append({"category": "all (example-weighted)", "n": sum(r["n"] or 0 for r in table), **totals})
     history = metrics.read_metrics(out / "grpo")
@@ -187,9 +185,8 @@ def markdown(result: dict) -> str:
                      f"{pct(row['grpo'])} |")
     reward = result["grpo_reward"]
     if reward["first3"] is not None:
-        lines.append("")
-        lines.append(f"GRPO training reward: first 3 steps {reward['first3']:.3f}, last 3 steps {reward['last3']:.3f} "
-                     f"(rise {reward['rise']:+.3f}, {len(reward['per_step'])} steps).")
+        lines += ["", f"GRPO training reward: first 3 steps {reward['first3']:.3f}, last 3 steps "
+                      f"{reward['last3']:.3f} (rise {reward['rise']:+.3f}, {len(reward['per_step'])} steps)."]
     seconds = result["stage_seconds"]
     attempts = result.get("stage_attempts", {})
     lines.append("Wall time (s, last attempt of each stage): " + ", ".join(

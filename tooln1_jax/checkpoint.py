@@ -102,8 +102,7 @@ def remove_unfinished(directory: Path) -> list[Path]:
 
 def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:
     """A clear error when a checkpoint was written for another model shape."""
-    ours = config.to_hf()
-    theirs = saved["hf"]
+    ours, theirs = config.to_hf(), saved["hf"]
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "tie_word_embeddings")
     diffs = [f"{k}: checkpoint {theirs.get(k)!r}, config {ours.get(k)!r}" for k in keys if theirs.get(k) != ours.get(k)]
@@ -129,27 +128,21 @@ def _resolve(path: str | Path) -> tuple[Path, int | None]:
     raise FileNotFoundError(f"{path}: not a run directory (no {CHECKPOINT_DIR}/) or a checkpoint step directory")
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    try:
-        _resolve(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def load_model(path: str | Path, mesh=None, dtype: str | None = None):
     """(config, params) from a run directory (latest checkpoint), a checkpoint step directory, or anything
     `weights.load` takes (HF directory, hub id, .gguf)."""
-    config, params = _load_model(path, mesh, dtype)
+    try:
+        run_dir, step = _resolve(path)
+    except FileNotFoundError:
+        config, params = weights.load(path, mesh=mesh, dtype=dtype)
+    else:
+        config, params = _restore_model(run_dir, step, mesh, dtype)
     if warning := parallel.cpu_warning(config.num_params):
         log.warning("%s", warning)
     return config, params
 
 
-def _load_model(path: str | Path, mesh, dtype: str | None):
-    if not is_checkpoint(path):
-        return weights.load(path, mesh=mesh, dtype=dtype)
-    run_dir, step = _resolve(path)
+def _restore_model(run_dir: Path, step: int | None, mesh, dtype: str | None):
     checkpoints = Checkpoints(run_dir, read_only=True)
     step = checkpoints.latest_step() if step is None else step
     if step is None:

@@ -23,6 +23,12 @@ def _add_run_args(p: argparse.ArgumentParser, demo: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
+    p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 "
+                                                "(default: one device)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tooln1", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
+    _add_model_args(p)
 
     p = sub.add_parser("eval", help="score a model or saved predictions on BFCL / API-Bank / ACEBench")
     p.add_argument("benchmark", choices=["bfcl", "apibank", "acebench", "all"])
@@ -73,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=["tooln1", "tooln1-bfcl"], default="tooln1",
                    help="tooln1: the training prompt; tooln1-bfcl: the Tool-N1 release's BFCL handler prompt, its "
                         "replies decoded as that handler did (also with --predictions)")
-    p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--mesh", default=None, help="device mesh to shard the model over, e.g. fsdp=8 or data=2,fsdp=4 (default: one device)")
+    _add_model_args(p)
 
     from tooln1_jax import chain
 

@@ -58,8 +58,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "demo" (the shipped demo set), "samples" (the shipped sample set), a `tooln1 prepare-data` output directory or a .parquet file of
-    # prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
+    # "demo" / "samples" (the shipped demo / sample set), a `tooln1 prepare-data` output directory or a .parquet file
+    # of prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
     train: str = "data/tooln1"  # the recipe's `tooln1 prepare-data --out data/tooln1`
     test: str | None = "data/tooln1"  # held-out records for validation (None: no validation)
     tokenizer: str | None = None  # default: the model directory's, else the shipped Qwen2.5 tokenizer
@@ -298,39 +298,46 @@ REMOVED = {
 }
 
 
-def numeric_fields(cls=None, prefix: str = "") -> list[str]:
+def _options(annotation: Any) -> tuple:
+    """The types a field allows: those of a union (`int | None`), else the annotation alone."""
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+
+
+def _value(config: RunConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def numeric_fields(cls=RunConfig, prefix: str = "") -> list[str]:
     """Dotted names of every int or float field (also optional ones) of the config."""
-    cls = cls or RunConfig
     out = []
     for name, hint in typing.get_type_hints(cls).items():
-        key = f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            out += numeric_fields(hint, key + ".")
-        elif {int, float} & set(typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)):
-            out.append(key)
+            out += numeric_fields(hint, f"{prefix}{name}.")
+        elif {int, float} & set(_options(hint)):
+            out.append(f"{prefix}{name}")
     return out
 
 
 def check_ranges(config: RunConfig) -> None:
     """Every numeric value within its `RANGES` entry; else a ConfigError naming the key and the allowed values."""
     for key in numeric_fields():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if key not in RANGES:
             raise ConfigError(f"{key} has no allowed range in config.RANGES (add one line there)")
         if value is not None and not RANGES[key].allows(value):
             raise ConfigError(f"{key} must be {RANGES[key]}, got {value!r}")
 
 
-def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
+def _check_type(annotation: Any, value: Any, key: str, where: str) -> Any:
     """The value, if it fits the annotation (int accepted for float; for a list field `tuple[X, ...]`, a list of X
     or one X); else a ConfigError naming the key."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    options = _options(annotation)
     for option in options:
         if typing.get_origin(option) is tuple:
             item = typing.get_args(option)[0]
             items = value if isinstance(value, list | tuple) else [value]
-            return tuple(_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(items))
+            return tuple(_check_type(item, v, f"{key}[{i}]", where) for i, v in enumerate(items))
         if option is type(None) and value is None:
             return None
         if option is bool and isinstance(value, bool):
@@ -348,22 +355,18 @@ def _check_type(value: Any, annotation: Any, key: str, where: str) -> Any:
 def _build(cls, values: dict, prefix: str, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {prefix or 'the config'} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    hints = typing.get_type_hints(cls)  # the dataclass's fields, in order
+    dotted = f"{prefix}." if prefix else ""
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        key = dotted + unknown[0]
         if key in REMOVED:
             raise ConfigError(f"{where}: {key} was removed: {REMOVED[key]}")
-        raise ConfigError(f"{where}: unknown key {key!r}; known keys here: {', '.join(fields)}")
+        raise ConfigError(f"{where}: unknown key {key!r}; known keys here: {', '.join(hints)}")
     kwargs = {}
     for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key, where)
-        else:
-            kwargs[name] = _check_type(value, hint, key, where)
+        check = _build if dataclasses.is_dataclass(hints[name]) else _check_type
+        kwargs[name] = check(hints[name], value, dotted + name, where)
     return cls(**kwargs)
 
 
@@ -383,21 +386,9 @@ def parse_override(text: str) -> dict:
         value = _numbers_from_strings(_safe_load(raw)) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: not valid YAML ({e})") from None
-    out: dict = {}
-    node = out
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
 
 
 class _RepeatedKey(yaml.YAMLError):
@@ -441,8 +432,11 @@ def _numbers_from_strings(node):
     """YAML 1.1 reads 1e-6 (without a dot) as a string; take such strings as the numbers they spell."""
     if isinstance(node, dict):
         return {k: _numbers_from_strings(v) for k, v in node.items()}
-    if isinstance(node, str) and _looks_numeric(node) and any(c in node for c in "eE"):
-        return float(node)
+    if isinstance(node, str) and any(c in node for c in "eE"):
+        try:
+            return float(node)
+        except ValueError:
+            pass
     return node
 
 
@@ -485,7 +479,7 @@ def choices() -> dict[str, tuple]:
 def validate(config: RunConfig) -> None:
     """Ranges of every value, then cross-field checks, before any long work starts."""
     check_ranges(config)
-    t, r, g = config.train, config.rollout, config.grpo
+    t, g = config.train, config.grpo
     if t.batch_size % t.mini_batch_size:
         raise ConfigError(f"train.batch_size {t.batch_size} is not a multiple of train.mini_batch_size "
                           f"{t.mini_batch_size}")
@@ -500,12 +494,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("train.steps and data.num_epochs are both null: set one of them, the run's length "
                           "(train.steps wins when both are set)")
     allowed = choices()
-    for key in ("grpo.kl_type", "grpo.loss_agg", "optim.schedule", "model.dtype", "model.param_dtype",
-                "rollout.inference_dtype", "model.remat", "model.attention", "model.head", "grpo.ref_dtype"):
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in allowed[key]:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed[key]))}; got {value!r}")
+    for key, values in allowed.items():  # the one-value fields; the list-valued ones are checked below
+        value = _value(config, key)
+        if not isinstance(value, tuple) and value not in values:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, values))}; got {value!r}")
     if m.lora_rank:
         targets = allowed["model.lora_targets"]
         if set(m.lora_targets) - set(targets) or not m.lora_targets:

@@ -124,11 +124,9 @@ def read_conversations(path: str | Path, default_tools: list[dict] | None = None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--messages: {path} not found")
-    conversations = []
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                conversations.append(parse_line(line, f"{path}:{number}", default_tools))
+        conversations = [parse_line(line, f"{path}:{number}", default_tools)
+                         for number, line in enumerate(f, start=1) if line.strip()]
     if not conversations:
         raise ValueError(f"{path}: no conversations (the file is empty)")
     return conversations
@@ -140,9 +138,8 @@ def build_prompt(conversation: Conversation, tokenizer) -> str:
     if not conversation.tools:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
-    rest = messages[1:] if system is not None else messages
     record = {"id": "generate", "source": "generate", "system": system, "tools": conversation.tools,
-              "messages": rest, "answer": []}
+              "messages": messages[1:] if system is not None else messages, "answer": []}
     return prompts.render(record, tokenizer)
 
 

@@ -46,8 +46,7 @@ RULES: Rules = (
 
 def parse_mesh_spec(spec: Mapping[str, int] | str | None) -> dict[str, int]:
     """`{data: -1, fsdp: 4, tensor: 2}` or "data=-1,fsdp=4,tensor=2" -> sizes per axis (missing axes are 1)."""
-    if spec is None:
-        spec = {"data": -1}
+    spec = {"data": -1} if spec is None else spec
     if isinstance(spec, str):
         items = [part.split("=", 1) for part in spec.replace(" ", "").split(",") if part]
         if any(len(kv) != 2 for kv in items):
@@ -132,12 +131,10 @@ def _working_spec(requested: dict[str, int], tensor: int, devices: Sequence[jax.
     """The requested spec with a tensor size that fits a host, closest to what was asked that builds a mesh."""
     candidates = ({**requested, "tensor": tensor}, {"data": requested["data"], "fsdp": -1, "tensor": tensor},
                   {"data": 1, "fsdp": -1, "tensor": tensor})
-    for candidate in candidates:
-        try:
+    for candidate in candidates[:-1]:
+        with contextlib.suppress(ValueError):
             make_mesh(candidate, devices)
             return candidate
-        except ValueError:
-            continue
     return candidates[-1]
 
 
@@ -150,9 +147,7 @@ def _mesh_axes_for(logical_name: str | None, rules: Rules) -> tuple[str, ...]:
         return ()
     for name, axes in rules:
         if name == logical_name:
-            if axes is None:
-                return ()
-            return (axes,) if isinstance(axes, str) else tuple(axes)
+            return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     raise KeyError(f"no sharding rule for logical axis {logical_name!r}")
 
 
@@ -185,23 +180,22 @@ _ACTIVE = threading.local()
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Rules = RULES):
+def activation_sharding(mesh: Mesh):
     """While tracing inside this context, `constrain` pins activations to the mesh by their logical axes."""
-    previous = getattr(_ACTIVE, "value", None)
-    _ACTIVE.value = (mesh, rules)
+    previous = getattr(_ACTIVE, "mesh", None)
+    _ACTIVE.mesh = mesh
     try:
         yield
     finally:
-        _ACTIVE.value = previous
+        _ACTIVE.mesh = previous
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint from logical axis names; a no-op outside `activation_sharding`."""
-    active = getattr(_ACTIVE, "value", None)
-    if active is None:
+    """Sharding constraint from logical axis names (`RULES`); a no-op outside `activation_sharding`."""
+    mesh = getattr(_ACTIVE, "mesh", None)
+    if mesh is None:
         return x
-    mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh, rules)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, x.shape, mesh)))
 
 
 def global_max(*values: int):
@@ -269,9 +263,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         num_processes = int(os.environ["TOOLN1_NUM_PROCESSES"])
     if process_id is None and "TOOLN1_PROCESS_ID" in os.environ:
         process_id = int(os.environ["TOOLN1_PROCESS_ID"])
-    if coordinator_address is None and num_processes in (None, 1) and _cloud_tpu_processes() == 1:
-        return
-    if jax.distributed.is_initialized():
+    one_process = coordinator_address is None and num_processes in (None, 1) and _cloud_tpu_processes() == 1
+    if one_process or jax.distributed.is_initialized():
         return
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)

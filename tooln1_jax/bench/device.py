@@ -33,13 +33,6 @@ from tooln1_jax import accelerator
 ACCELERATOR_SHAPES = ("0.5b", "1.5b")
 
 
-def _tiny_config(**runtime):
-    from tooln1_jax.models.qwen2 import Qwen2Config
-
-    return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **runtime)
-
-
 def plan(tiny: bool) -> dict:
     """Sizes of every section: accelerator-sized, or tiny (CPU, tests)."""
     if tiny:
@@ -52,9 +45,14 @@ def plan(tiny: bool) -> dict:
 
 
 def model_config(shape: str | None, **runtime):
+    """A preset's shape, or (None) a tiny one."""
     from tooln1_jax.models import presets
+    from tooln1_jax.models.qwen2 import Qwen2Config
 
-    return _tiny_config(**runtime) if shape is None else presets.preset(shape, **runtime)
+    if shape is not None:
+        return presets.preset(shape, **runtime)
+    return Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, **runtime)
 
 
 def _times(fn, repeats: int) -> list[float]:
@@ -172,6 +170,7 @@ def transformers_generate(config, p: dict, backend: str) -> dict:
 def packed_batch(config, p: dict, seed: int = 0):
     """A packed GRPO mini-batch of random groups: (arrays, PackedGroups)."""
     from tooln1_jax.train import packing
+    from tooln1_jax.train.step import PACKED_KEYS
 
     rng = np.random.default_rng(seed)
     length = lambda n: int(rng.integers(n // 2, n + 1))  # noqa: E731
@@ -181,12 +180,10 @@ def packed_batch(config, p: dict, seed: int = 0):
                for _ in prompts]
     packed = packing.pack_groups(prompts, replies, budget=p["pack_tokens"])
     n, width = packed.num_samples, packed.targets.shape[2]
-    batch = {"tokens": packed.tokens, "positions": packed.positions, "segment_ids": packed.segment_ids,
-             "prefix_ids": packed.prefix_ids, "predict": packed.predict, "targets": packed.targets,
-             "response_mask": packed.response_mask,
-             "advantages": packed.per_slot(rng.normal(size=n).astype(np.float32)),
-             "old_logp": packed.per_slot(-rng.uniform(0.5, 5, (n, width)).astype(np.float32)),
-             "ref_logp": packed.per_slot(-rng.uniform(0.5, 5, (n, width)).astype(np.float32))}
+    batch = {k: getattr(packed, k) for k in (*PACKED_KEYS, "response_mask")}
+    batch.update({"advantages": packed.per_slot(rng.normal(size=n).astype(np.float32)),
+                  "old_logp": packed.per_slot(-rng.uniform(0.5, 5, (n, width)).astype(np.float32)),
+                  "ref_logp": packed.per_slot(-rng.uniform(0.5, 5, (n, width)).astype(np.float32))})
     return batch, packed
 
 
@@ -248,13 +245,14 @@ def logits_dtypes(shape, p: dict) -> dict:
 
     from tooln1_jax import parallel
     from tooln1_jax.models import qwen2
+    from tooln1_jax.train.step import PACKED_KEYS
 
     mesh = parallel.single_device_mesh()
     base = model_config(shape, dtype="float32", param_dtype="float32")
     params = jax.device_put(qwen2.init_params(base, jax.random.key(0)),
                             parallel.shardings(*qwen2.abstract_params(base), mesh))
     batch, packed = packed_batch(base, p)
-    batch = {k: batch[k] for k in ("tokens", "positions", "segment_ids", "prefix_ids", "predict", "targets")}
+    batch = {k: batch[k] for k in PACKED_KEYS}
     out, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
         steps = _steps(base.replace(dtype=dtype), mesh, params)

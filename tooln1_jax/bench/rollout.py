@@ -38,32 +38,28 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _hf_model(preset: str, layers: int | None, seed: int):
+def _models_and_prompts(preset, layers, seed, dtype, prompts: int, prompt_len: int):
+    """The same random weights as a transformers model and as our (config, decode-layout weights), and random
+    prompts."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
-    from tooln1_jax.models import presets
-
-    hf = presets.hf_config(preset)
-    if layers:
-        hf["num_hidden_layers"] = layers
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(**hf)).eval(), hf
-
-
-def _both_models(preset, layers, seed, dtype):
-    """The same random weights as a transformers model and as our (config, decode-layout weights)."""
-    from tooln1_jax.models import weights
+    from tooln1_jax.models import presets, weights
     from tooln1_jax.models.qwen2 import Qwen2Config
     from tooln1_jax.rollout import inference
 
-    model, hf_config = _hf_model(preset, layers, seed)
+    hf_config = presets.hf_config(preset)
+    if layers:
+        hf_config["num_hidden_layers"] = layers
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_config)).eval()
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if hf_config["tie_word_embeddings"]:
         arrays.pop("lm_head.weight", None)
     config = Qwen2Config.from_hf(hf_config, dtype=dtype, param_dtype=dtype)
     params = weights.load_params(config, weights.ArraySource(hf_config, arrays))
-    return model, config, inference.prepare(config, params)
+    prompt_ids = np.random.default_rng(seed).integers(0, 151_000, (prompts, prompt_len)).tolist()
+    return model, config, inference.prepare(config, params), prompt_ids
 
 
 def _engine_stats(stats, seconds: float | None = None) -> dict:
@@ -80,12 +76,9 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
     """The uniform mode (see the module docstring)."""
     import jax
 
-    from tooln1_jax import shapes
     from tooln1_jax.rollout import sampler
 
-    model, config, params = _both_models(preset, layers, seed, dtype)
-    rng = np.random.default_rng(seed)
-    prompt_ids = rng.integers(0, 151_000, (prompts, prompt_len)).tolist()
+    model, config, params, prompt_ids = _models_and_prompts(preset, layers, seed, dtype, prompts, prompt_len)
     total_tokens = prompts * group * new_tokens
 
     def ours(n):
@@ -112,9 +105,8 @@ def run(preset="0.5b", prompts=4, group=8, prompt_len=256, new_tokens=64, repeat
                        "slot_utilisation": stats["slot_utilisation"],
                        "decode_steps_per_call": stats["decode_steps"] // repeats}}
     if hbm_gbps:
-        rows, slots_ = prompts * group, shapes.bucket(prompt_len, 16) + shapes.bucket(new_tokens, 16)
         itemsize = np.dtype(dtype if dtype != "bfloat16" else np.float16).itemsize
-        cache_bytes = 2 * config.num_hidden_layers * rows * (prompt_len + new_tokens // 2) \
+        cache_bytes = 2 * config.num_hidden_layers * prompts * group * (prompt_len + new_tokens // 2) \
             * config.num_key_value_heads * config.head_dim * itemsize  # live entries read by an average step
         weight_bytes = config.num_params * itemsize
         bound = (weight_bytes + cache_bytes) / (hbm_gbps * 1e9)
@@ -164,9 +156,7 @@ def lengthmix(preset="0.5b", prompts=16, group=8, prompt_len=64, new_tokens=128,
 
     from tooln1_jax.rollout import engine, inference, sampling
 
-    model, config, params = _both_models(preset, layers, seed, dtype)
-    rng = np.random.default_rng(seed)
-    prompt_ids = rng.integers(0, 151_000, (prompts, prompt_len)).tolist()
+    model, config, params, prompt_ids = _models_and_prompts(preset, layers, seed, dtype, prompts, prompt_len)
     lengths = mixed_lengths(prompts * group, new_tokens, tail, short, seed)
 
     def ours():
@@ -215,9 +205,7 @@ def lengthmix(preset="0.5b", prompts=16, group=8, prompt_len=64, new_tokens=128,
 def real(model_path: str, chats: str, group=4, new_tokens=256, temperature=0.7, batch_size=16, seed=0,
          dtype="float32", compare=True) -> dict:
     """`tooln1 generate` end to end against a transformers script on the same file and sampling."""
-    import argparse
     import io
-    import json as json_
 
     from tooln1_jax import generate
     from tooln1_jax.rollout import engine
@@ -228,7 +216,7 @@ def real(model_path: str, chats: str, group=4, new_tokens=256, temperature=0.7, 
     out, built, start = io.StringIO(), engine.programs_built(), time.perf_counter()
     generate.run(args, out=out)
     seconds = time.perf_counter() - start
-    rows = [json_.loads(line) for line in out.getvalue().splitlines()]
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
     tokens = sum(r["num_tokens"] for r in rows)
     result = {"benchmark": "rollout", "mode": "real", "model": str(model_path), "chats": str(chats),
               "prompts": len(rows) // group, "group": group, "new_tokens": new_tokens, "temperature": temperature,

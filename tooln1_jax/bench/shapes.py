@@ -31,15 +31,12 @@ def _before(lengths, group_sizes, longest_reply, *, budget, rows_multiple, max_l
     `shapes.bucket`ed (powers of two, multiples of 1024 beyond 1024)."""
     quantum = packing.ROW_QUANTUM
     round_up = lambda n: -(-n // quantum) * quantum  # noqa: E731
-    best = None
-    for length in range(round_up(max(lengths)), round_up(max(budget, max(lengths))) + 1, quantum):
-        rows = packing._first_fit_decreasing(lengths, length)
-        cost = -(-len(rows) // rows_multiple) * rows_multiple * length
-        if best is None or cost < best[0]:
-            best = (cost, rows, length)
-    _, rows, length = best
+    padded_rows = lambda rows: -(-len(rows) // rows_multiple) * rows_multiple  # noqa: E731
+    layouts = [(packing._first_fit_decreasing(lengths, length), length)
+               for length in range(round_up(max(lengths)), round_up(max(budget, max(lengths))) + 1, quantum)]
+    rows, length = min(layouts, key=lambda layout: padded_rows(layout[0]) * layout[1])  # ties: the shortest
     slots = max(sum(group_sizes[g] for g in row) for row in rows)
-    return -(-len(rows) // rows_multiple) * rows_multiple, length, slots, shapes.bucket(longest_reply, 16)
+    return padded_rows(rows), length, slots, shapes.bucket(longest_reply, 16)
 
 
 def _after(lengths, group_sizes, longest_reply, *, budget, rows_multiple, max_length, reply_cap):

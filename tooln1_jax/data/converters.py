@@ -13,13 +13,10 @@ from tooln1_jax.data import prompts
 from tooln1_jax.data.python_calls import parse_python_calls
 from tooln1_jax.data.raw_files import load_from_hub, read_rows
 from tooln1_jax.data.records import (
-    BAD_CALL, CALL_UNPARSABLE, Converted, DataError, EMPTY_CONTEXT, MISSING_FIELD,
-    NO_CALL_TURN, PROMPT_NOT_REPRODUCIBLE, ROLE_ALIASES, TOOLS_NOT_IN_SYSTEM, TOOLS_NOT_JSON, UNKNOWN_ROLE,
-    answer_problem, decode_calls, decode_json_field, make_record, missing_fields, normalize_calls,
-    tools_problem,
+    BAD_CALL, CALL_UNPARSABLE, EMPTY_CONTEXT, MISSING_FIELD, NO_CALL_TURN, PROMPT_NOT_REPRODUCIBLE, ROLE_ALIASES,
+    TOOLS_NOT_IN_SYSTEM, TOOLS_NOT_JSON, UNKNOWN_ROLE, Converted, DataError, answer_problem, decode_calls,
+    decode_json_field, make_record, missing_fields, normalize_calls, tools_problem,
 )
-
-SOURCES = ("xlam", "toolace", "sharegpt", "tooln1")
 
 
 def from_xlam(rows: Iterable) -> Converted:
@@ -57,9 +54,7 @@ def toolace_tools(system: str) -> tuple[str, list | None] | None:
     end = system.find(_TOOLACE_END, start)
     if end == -1:
         return None
-    listing = system[start:end].strip()
-    if listing.endswith("."):  # the list is followed by a full stop
-        listing = listing[:-1]
+    listing = system[start:end].strip().removesuffix(".")  # the list is followed by a full stop
     return system[:start], decode_json_field(listing, want=list)
 
 
@@ -240,6 +235,7 @@ def from_tooln1(rows: Iterable) -> Converted:
 CONVERTERS: dict[str, Callable[[Iterable], Converted]] = {
     "xlam": from_xlam, "toolace": from_toolace, "sharegpt": from_sharegpt, "tooln1": from_tooln1,
 }
+SOURCES = tuple(CONVERTERS)
 
 
 def convert(kind: str, location: str, *, hub_loader: Callable[[str, str], list] = load_from_hub) -> Converted:

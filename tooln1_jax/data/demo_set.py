@@ -9,8 +9,9 @@ attention cost). The tool schemas are copied verbatim from the shipped glaive sa
 
 Why one answer: a randomly initialised 2-layer model does not learn to read a value off a 500-token prompt in the
 minutes the demo has (on a set of four tools with values to copy, the supervised loss left the answers' marginal
-distribution only after ~300 steps of 4 records; after 400, 1 of 21 held-out questions was answered right). The demo shows GRPO turning a half-learned reply format into a reliable exact
-call under the binary reward; it does not show tool selection or argument reading, let alone generalisation.
+distribution only after ~300 steps of 4 records; after 400, 1 of 21 held-out questions was answered right). The
+demo shows GRPO turning a half-learned reply format into a reliable exact call under the binary reward; it does
+not show tool selection or argument reading, let alone generalisation.
 """
 
 from __future__ import annotations

@@ -66,8 +66,9 @@ def load_records(spec: str, split: str, tokenizer, *, max_prompt_tokens: int = 4
         if path.is_dir():
             path = path / f"{split}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', 'demo', a prepare-data directory, "
-                                    "a .parquet file, or KIND=PATH with KIND in " + "|".join(converters.SOURCES) + ")")
+            raise FileNotFoundError(f"data {spec!r}: {path} not found (want 'samples', 'demo', a prepare-data "
+                                    "directory, a .parquet file, or KIND=PATH with KIND in "
+                                    + "|".join(converters.SOURCES) + ")")
         rows = prepared.read_prepared(path)
         if any(r.get("prompt_ids") for r in rows):
             check_prepared_settings(path, tokenizer, native_tools)

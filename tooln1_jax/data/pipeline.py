@@ -20,8 +20,6 @@ from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
-_CONFIG_KEYS = ("num_records", "batch_size", "seed", "shuffle", "num_epochs", "shard_index", "shard_count")
-
 
 class PromptLoader:
     """Iterator of `list[dict]` batches of `batch_size` records (this host's share)."""
@@ -40,13 +38,10 @@ class PromptLoader:
         self.config = {"num_records": len(records), "batch_size": batch_size, "seed": seed, "shuffle": shuffle,
                        "num_epochs": num_epochs, "shard_index": shard_index, "shard_count": shard_count}
         global_batch = batch_size * shard_count
-        if num_epochs is None:
-            self.num_batches = None
-            self.dropped_at_end = 0
-        else:
+        self.num_batches, self.dropped_at_end = None, 0  # None: batches forever
+        if num_epochs is not None:
             total = len(records) * num_epochs
-            self.num_batches = total // global_batch
-            self.dropped_at_end = total - self.num_batches * global_batch
+            self.num_batches, self.dropped_at_end = divmod(total, global_batch)
             if self.dropped_at_end:
                 log.warning("PromptLoader: %d of %d record positions at the end of epoch %d do not fill a global "
                             "batch of %d and are not served", self.dropped_at_end, total, num_epochs, global_batch)
@@ -90,10 +85,10 @@ class PromptLoader:
     def set_state(self, state: dict) -> None:
         """Continue from a `get_state()` result (of this or another process) made with the same settings."""
         saved = state.get("config", {})
-        for key in _CONFIG_KEYS:
-            if saved.get(key) != self.config[key]:
+        for key, value in self.config.items():
+            if saved.get(key) != value:
                 raise ValueError(f"PromptLoader state was saved with {key}={saved.get(key)!r}, "
-                                 f"this loader has {key}={self.config[key]!r}")
+                                 f"this loader has {key}={value!r}")
         self._iterator.set_state(state["iterator"])
         self.step = state["step"]
 

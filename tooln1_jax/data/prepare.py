@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from pathlib import Path
 
 from tooln1_jax import assets, files, paths
 from tooln1_jax.data import converters, prepared, prompts, records
@@ -106,9 +105,7 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
             raise records.DataError(f"source {kind} ({sources[kind]}) kept no example of its {converted.rows} rows "
                                     f"(dropped: {source_stats['dropped'] or 'none'}); nothing written")
 
-    total_dropped = Counter()
-    for s in stats["sources"].values():
-        total_dropped.update(s["dropped"])
+    total_dropped = sum((Counter(s["dropped"]) for s in stats["sources"].values()), Counter())
     stats["total"] = {key: sum(s[key] for s in stats["sources"].values())
                       for key in ("rows", "examples", "kept", "train", "test", "duplicates_kept")}
     stats["total"]["dropped"] = dict(sorted(total_dropped.items()))

@@ -60,14 +60,9 @@ def chat_messages(record: dict, native_tools: bool = False) -> list[dict]:
     return [{"role": "system", "content": system}] + [_history_message(m, native_tools) for m in record["messages"]]
 
 
-def native_tool_specs(record: dict) -> list[dict]:
-    """The record's tools in the form the chat template's `tools=` argument takes."""
-    return [{"type": "function", "function": tool} for tool in record["tools"]]
-
-
 def render(record: dict, tokenizer, native_tools: bool = False) -> str:
     """The full prompt text, ending with the generation prompt `<|im_start|>assistant\\n`."""
-    tools = native_tool_specs(record) if native_tools else None
+    tools = [{"type": "function", "function": tool} for tool in record["tools"]] if native_tools else None
     return tokenizer.apply_chat_template(chat_messages(record, native_tools), tools=tools, tokenize=False,
                                          add_generation_prompt=True)
 

@@ -6,6 +6,7 @@ import ast
 import json
 import re
 
+
 def _split_top_level(text: str, sep: str = ",") -> list[str]:
     """Split at `sep` outside quotes and brackets."""
     parts, start, depth, quote, i = [], 0, 0, None, 0

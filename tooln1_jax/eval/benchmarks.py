@@ -76,9 +76,7 @@ def score_reply(example: Example, reply: str, block: str | None = None, prompt: 
         parsed = toolcall.parse_reply(reply, block or toolcall.BLOCK)
         shown, calls, status = parsed.calls, calls_from_records(parsed.calls), parsed.status
     verdict = check(example, calls)
-    reason = verdict.reason
-    if not verdict.valid and status != toolcall.OK:
-        reason = f"{status}: {reason}"
+    reason = verdict.reason if verdict.valid or status == toolcall.OK else f"{status}: {verdict.reason}"
     row = {"id": example.id, "benchmark": example.benchmark, "category": example.category, "reply": reply,
            "calls": shown, "status": status, "valid": verdict.valid, "reason": reason}
     if example.benchmark == "apibank":
@@ -91,6 +89,11 @@ def score(examples: Sequence[Example], replies: Sequence[str], block: str | None
     if len(examples) != len(replies):
         raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
     return [score_reply(e, r, block, prompt) for e, r in zip(examples, replies)]
+
+
+def _benchmarks(benchmark: str) -> list[str]:
+    """The benchmarks a run covers: `benchmark`, or every one for "all"."""
+    return list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
 
 
 def _check_prompt(prompt: str, benchmark_names) -> None:
@@ -220,28 +223,23 @@ def evaluate(benchmark: str, model: str | os.PathLike | RepliesFn, *, categories
     With `out`, the results are written there too."""
     from tooln1_jax import assets
 
-    names = list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]
-    selected = {name: load_examples(name, categories, limit, within=benchmark) for name in names}
+    selected = {name: load_examples(name, categories, limit, within=benchmark) for name in _benchmarks(benchmark)}
+    from_path = isinstance(model, (str, os.PathLike))
     if tokenizer is None:
-        tokenizer = assets.load_tokenizer(model if isinstance(model, (str, os.PathLike)) else None)
-    if isinstance(model, (str, os.PathLike)):
+        tokenizer = assets.load_tokenizer(model if from_path else None)
+    if from_path:
         from tooln1_jax import checkpoint, parallel  # HF dir, .gguf, hub id, run or checkpoint directory
         from tooln1_jax.rollout import sampler
 
         config, params = checkpoint.load_model(model, mesh=parallel.make_mesh(mesh) if mesh else None, dtype=dtype)
         params = sampler.prepare(config, params)  # the decode layout, made once for every benchmark
-
-        def replies_for(name: str) -> RepliesFn:
-            return model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[name],
-                                    batch_size=batch_size)
-    else:
-        def replies_for(name: str) -> RepliesFn:
-            return model
     rows, summaries = [], {}
     for name, examples in selected.items():
         if not examples:
             continue
-        replies = replies_for(name)(build_prompts(examples, tokenizer, native_tools, prompt))
+        replies_fn = model_replies_fn(config, params, tokenizer, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[name],
+                                      batch_size=batch_size) if from_path else model
+        replies = replies_fn(build_prompts(examples, tokenizer, native_tools, prompt))
         bench_rows = score(examples, replies, block, prompt)
         rows += bench_rows
         summaries[name] = summarize(name, bench_rows)
@@ -284,53 +282,44 @@ def read_predictions(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
         raise ValueError(f"{path}: is a directory; --predictions takes a JSONL file (one object per line)")
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
-            row, error = _prediction_line(raw)
-            if error:
-                bad_lines.append({"line": number, "error": error})
-                continue
-            if row is _BLANK:
-                continue
-            if not isinstance(row, dict):
-                bad_lines.append({"line": number, "error": f"not a JSON object ({type(row).__name__})"})
-            elif not isinstance(row.get("id"), str) or not row["id"]:
-                bad_lines.append({"line": number, "error": "no string 'id'"})
-            elif not isinstance(row.get("reply"), str):
-                bad_lines.append({"line": number, "error": f"id {row['id']!r}: no string 'reply'"})
-            elif not (_is_unicode(row["id"]) and _is_unicode(row["reply"])):
-                bad_lines.append({"line": number, "error": "id or reply is not valid Unicode (a lone surrogate)"})
-            elif row["id"] in replies:
-                duplicates.append({"line": number, "id": row["id"], "first_line": first_line[row["id"]]})
-            else:
-                replies[row["id"]] = row["reply"]
-                first_line[row["id"]] = number
+            prediction = _prediction(raw)
+            if isinstance(prediction, str):
+                bad_lines.append({"line": number, "error": prediction})
+            elif prediction:
+                key, reply = prediction
+                if key in replies:
+                    duplicates.append({"line": number, "id": key, "first_line": first_line[key]})
+                else:
+                    replies[key] = reply
+                    first_line[key] = number
     return replies, {"file": str(path), "bad_lines": bad_lines, "duplicate_ids": duplicates}
 
 
-_BLANK = object()
-
-
-def _prediction_line(raw: bytes) -> tuple[Any, str | None]:
-    """(decoded JSON, or _BLANK for a blank line; error or None) of one line of a predictions file."""
+def _prediction(raw: bytes) -> tuple[str, str] | str | None:
+    """(id, reply) of one line of a predictions file; None for a blank line; else what is wrong with the line."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, f"not UTF-8 (byte {e.start + 1} of the line)"
+        return f"not UTF-8 (byte {e.start + 1} of the line)"
     if not line.strip():
-        return _BLANK, None
+        return None
     try:
-        return json.loads(line), None
+        row = json.loads(line)
     except json.JSONDecodeError as e:
-        return None, f"not JSON ({e.msg})"
+        return f"not JSON ({e.msg})"
     except RecursionError:
-        return None, "not JSON (nested too deeply)"
-
-
-def _is_unicode(text: str) -> bool:
+        return "not JSON (nested too deeply)"
+    if not isinstance(row, dict):
+        return f"not a JSON object ({type(row).__name__})"
+    if not isinstance(row.get("id"), str) or not row["id"]:
+        return "no string 'id'"
+    if not isinstance(row.get("reply"), str):
+        return f"id {row['id']!r}: no string 'reply'"
     try:
-        text.encode("utf-8")
-        return True
+        (row["id"] + row["reply"]).encode("utf-8")
     except UnicodeEncodeError:
-        return False
+        return "id or reply is not valid Unicode (a lone surrogate)"
+    return row["id"], row["reply"]
 
 
 def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: list[str] | None = None,
@@ -339,24 +328,19 @@ def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: li
     """Score a predictions file (replies to `prompt`'s prompts: "tooln1-bfcl" reads them as the release's BFCL
     handler did). Categories without any prediction are left out (and listed); a missing id in a scored category
     counts as wrong (reason "missing prediction"); ids of no example are listed as unknown."""
-    _check_prompt(prompt, datasets.BENCHMARKS if benchmark == "all" else [benchmark])
+    _check_prompt(prompt, _benchmarks(benchmark))
     replies, problems = read_predictions(path)
     known_ids: set[str] = set()
     rows, summaries, missing, unscored = [], {}, [], []
-    for name in list(datasets.BENCHMARKS) if benchmark == "all" else [benchmark]:
+    for name in _benchmarks(benchmark):
         examples = load_examples(name, categories, limit, within=benchmark)
         known_ids.update(e.id for e in datasets.load(name))
         covered = {e.category for e in examples if e.id in replies}
         unscored += [f"{name}/{c}" for c in dict.fromkeys(e.category for e in examples) if c not in covered]
-        bench_rows = []
-        for example in examples:
-            if example.category not in covered:
-                continue
-            if example.id in replies:
-                bench_rows.append(score_reply(example, replies[example.id], block, prompt))
-            else:
-                missing.append(example.id)
-                bench_rows.append(_missing_row(example))
+        scored = [e for e in examples if e.category in covered]
+        missing += [e.id for e in scored if e.id not in replies]
+        bench_rows = [score_reply(e, replies[e.id], block, prompt) if e.id in replies else _missing_row(e)
+                      for e in scored]
         if bench_rows:
             rows += bench_rows
             summaries[name] = summarize(name, bench_rows)
@@ -371,19 +355,15 @@ def score_predictions(benchmark: str, path: str | os.PathLike, *, categories: li
 def _missing_row(example: Example) -> dict:
     row = {"id": example.id, "benchmark": example.benchmark, "category": example.category, "reply": None,
            "calls": None, "status": "missing", "valid": False, "reason": "missing prediction"}
-    if example.benchmark == "apibank":
-        row["exact"] = False
-    return row
+    return {**row, "exact": False} if example.benchmark == "apibank" else row
 
 
 def problems_text(problems: dict[str, Any], limit: int = 20) -> str:
     """The predictions problems, one block per kind, at most `limit` entries each."""
-    lines = []
     where = problems.get("file", "predictions")
-    for line in problems.get("bad_lines", [])[:limit]:
-        lines.append(f"{where}: bad line {line['line']}: {line['error']}")
-    for d in problems.get("duplicate_ids", [])[:limit]:
-        lines.append(f"{where}: duplicate id {d['id']!r} on line {d['line']} (first on line {d['first_line']}; kept)")
+    lines = [f"{where}: bad line {b['line']}: {b['error']}" for b in problems.get("bad_lines", [])[:limit]]
+    lines += [f"{where}: duplicate id {d['id']!r} on line {d['line']} (first on line {d['first_line']}; kept)"
+              for d in problems.get("duplicate_ids", [])[:limit]]
     for kind, label in (("unknown_ids", "unknown ids"), ("missing_ids", "missing ids (scored as wrong)"),
                         ("categories_without_predictions", "categories without predictions (not scored)")):
         items = problems.get(kind, [])

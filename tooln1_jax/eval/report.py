@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,11 +24,9 @@ def table_rows(summary: dict) -> list[dict]:
     """The summary as rows {metric, accuracy, n}: the aggregates first, then each category."""
     labels = AGGREGATE_LABELS[summary["benchmark"]]
     partial = set(summary.get("partial", ()))
-    rows = [{"metric": labels[k] + (" [partial: some categories not scored]" if k in partial else ""),
-             "accuracy": v, "n": None} for k, v in summary["aggregates"].items()]
-    for category, stats in summary["categories"].items():
-        rows.append({"metric": category, "accuracy": stats["accuracy"], "n": stats["n"]})
-    return rows
+    return ([{"metric": labels[k] + (" [partial: some categories not scored]" if k in partial else ""),
+              "accuracy": v, "n": None} for k, v in summary["aggregates"].items()]
+            + [{"metric": c, "accuracy": s["accuracy"], "n": s["n"]} for c, s in summary["categories"].items()])
 
 
 def markdown(summaries: dict[str, dict]) -> str:
@@ -39,13 +38,6 @@ def markdown(summaries: dict[str, dict]) -> str:
             lines.append(f"| {row['metric']} | {percent(row['accuracy'])} | {'' if row['n'] is None else row['n']} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) if parts else "(nothing scored)"
-
-
-def failures(rows: Sequence[dict], n: int = 5, category: str | None = None) -> list[dict]:
-    """The first `n` wrong rows (optionally of one category), with their full replies."""
-    wrong = [r for r in rows if not r["valid"] and (category is None or r["category"] == category)]
-    return [{"id": r["id"], "category": r["category"], "reason": r["reason"], "reply": r.get("reply") or ""}
-            for r in wrong[:n]]
 
 
 FAILURE_KINDS = (  # (phrase in a checker's reason, kind), first match wins
@@ -78,8 +70,6 @@ def failures_by_reason(rows: Sequence[dict]) -> dict[str, list[dict]]:
 
 def read_results(path: str | os.PathLike) -> list[dict]:
     """The rows of an evaluation's `results.jsonl` (the file, or the `--out` directory holding it)."""
-    import json
-
     path = Path(path)
     path = path / "results.jsonl" if path.is_dir() else path
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -106,10 +96,9 @@ def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], names: tuple[str, st
             "benchmark": a["benchmark"], "category": a["category"], "n": 0, names[0]: 0, names[1]: 0,
             f"only {names[0]}": 0, f"only {names[1]}": 0})
         row["n"] += 1
-        row[names[0]] += bool(a["valid"])
-        row[names[1]] += bool(b["valid"])
-        row[f"only {names[0]}"] += bool(a["valid"]) and not b["valid"]
-        row[f"only {names[1]}"] += bool(b["valid"]) and not a["valid"]
+        for name, this, other in ((names[0], a, b), (names[1], b, a)):
+            row[name] += bool(this["valid"])
+            row[f"only {name}"] += bool(this["valid"]) and not other["valid"]
     for row in table.values():
         row["points"] = round(100 * (row[names[1]] - row[names[0]]) / row["n"], 2)
         for name in names:

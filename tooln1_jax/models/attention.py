@@ -13,10 +13,9 @@ Implementations (all take q [B, T, H, D], k/v [B, T, KV, D] with H a multiple of
 - "xla": `jax.nn.dot_product_attention(implementation="xla")`, a dense kernel: it materialises float32 logits
   [B, H, T, S] like "dense"; the boolean mask is computed from the ids by broadcast compares that XLA fuses into
   the masking select (no [T, S] mask buffer in the compiled CPU program), so the logits are its cost.
-- "cudnn": refused (see `REFUSED`). jax's `dot_product_attention` takes no segment ids: its flags (`is_causal`,
-  one query/key length per row, a sliding window) describe one sequence per row, while a packed row holds several
-  groups whose replies share a prompt but not each other. The mask would reach cuDNN as a [B, 1, T, S] bias input,
-  and jax's cuDNN backward always returns a bias gradient of that size too.
+- "cudnn": refused (`REFUSED` says why). jax's `dot_product_attention` takes no segment ids, and its flags
+  (`is_causal`, one query/key length per row, a sliding window) describe one sequence per row, not a packed row's
+  groups whose replies share a prompt but not each other.
 """
 
 from __future__ import annotations
@@ -90,25 +89,29 @@ def _blocks(k, v, segment_ids, prefix_ids, block):
     return cut(k), cut(v), cut(segment_ids), cut(prefix_ids), index
 
 
-def _block_scores(qg, kj, q_ids, seg_j, pre_j, idx_j, scale):
-    """Masked float32 scores [B, KV, G, T, blk] of all queries against one key block."""
-    q_seg, q_pre, q_idx = q_ids
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, kj, preferred_element_type=jnp.float32) * scale
-    ok = allowed(q_seg, q_pre, q_idx, seg_j, pre_j, idx_j)
-    return jnp.where(ok[:, None, None], s, MASK_VALUE)
+def _block_scorer(q, kv, segment_ids, prefix_ids):
+    """(queries grouped [B, T, KV, G, D], scores(kj, seg_j, pre_j, idx_j)): the masked float32 scores
+    [B, KV, G, T, blk] of all queries against one key block."""
+    b, t, h, d = q.shape
+    qg, q_index = q.reshape(b, t, kv, h // kv, d), jnp.arange(t)
+
+    def scores(kj, seg_j, pre_j, idx_j):
+        s = jnp.einsum("btkgd,bskd->bkgts", qg, kj, preferred_element_type=jnp.float32) * (d ** -0.5)
+        ok = allowed(segment_ids, prefix_ids, q_index, seg_j, pre_j, idx_j)
+        return jnp.where(ok[:, None, None], s, MASK_VALUE)
+
+    return qg, scores
 
 
 def _flash_forward(q, k, v, segment_ids, prefix_ids, block):
     b, t, h, d = q.shape
     kv = k.shape[2]
-    qg = q.reshape(b, t, kv, h // kv, d)
-    scale = d ** -0.5
-    q_ids = (segment_ids, prefix_ids, jnp.arange(t))
+    _, block_scores = _block_scorer(q, kv, segment_ids, prefix_ids)
 
     def body(carry, xs):
         m, l, acc = carry
         kj, vj, seg_j, pre_j, idx_j = xs
-        s = _block_scores(qg, kj, q_ids, seg_j, pre_j, idx_j, scale)
+        s = block_scores(kj, seg_j, pre_j, idx_j)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.exp(s - m_new[..., None])
         corr = jnp.exp(m - m_new)
@@ -141,19 +144,17 @@ def _flash_bwd(block, residuals, d_out):
     b, t, h, d = q.shape
     kv, s_len = k.shape[2], k.shape[1]
     g = h // kv
-    scale = d ** -0.5
-    qg = q.reshape(b, t, kv, g, d)
+    qg, block_scores = _block_scorer(q, kv, segment_ids, prefix_ids)
     dog = d_out.reshape(b, t, kv, g, d)
     delta = jnp.einsum("btkgd,btkgd->bkgt", dog.astype(jnp.float32), out.reshape(b, t, kv, g, d).astype(jnp.float32))
-    q_ids = (segment_ids, prefix_ids, jnp.arange(t))
 
     def body(dq, xs):
         kj, vj, seg_j, pre_j, idx_j = xs
-        s = _block_scores(qg, kj, q_ids, seg_j, pre_j, idx_j, scale)
+        s = block_scores(kj, seg_j, pre_j, idx_j)
         p = jnp.exp(s - lse[..., None])  # the forward's probabilities of this block
         dv = jnp.einsum("bkgts,btkgd->bskd", p.astype(dog.dtype), dog, preferred_element_type=jnp.float32)
         dp = jnp.einsum("btkgd,bskd->bkgts", dog, vj, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta[..., None]) * scale
+        ds = p * (dp - delta[..., None]) * d ** -0.5
         dq = dq + jnp.einsum("bkgts,bskd->btkgd", ds.astype(kj.dtype), kj, preferred_element_type=jnp.float32)
         dk = jnp.einsum("bkgts,btkgd->bskd", ds.astype(qg.dtype), qg, preferred_element_type=jnp.float32)
         return dq, (dk, dv)
@@ -186,10 +187,5 @@ def resolve(implementation: str) -> str:
 
 def attend(q, k, v, segment_ids, prefix_ids, implementation: str = "auto"):
     """Masked attention of a packed row (rule in the module docstring) by the named implementation."""
-    impl = resolve(implementation)
-    segment_ids, prefix_ids = jnp.asarray(segment_ids, jnp.int32), jnp.asarray(prefix_ids, jnp.int32)
-    if impl == "dense":
-        return reference(q, k, v, segment_ids, prefix_ids)
-    if impl == "blockwise":
-        return blockwise(q, k, v, segment_ids, prefix_ids)
-    return dot_product(q, k, v, segment_ids, prefix_ids)
+    run = {"dense": reference, "blockwise": blockwise, "xla": dot_product}[resolve(implementation)]
+    return run(q, k, v, jnp.asarray(segment_ids, jnp.int32), jnp.asarray(prefix_ids, jnp.int32))

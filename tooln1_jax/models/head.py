@@ -69,8 +69,7 @@ def _forward(h, w, targets, tile: int, dtype, with_entropy: bool):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _logprobs(h, w, targets, tile: int, dtype, with_entropy: bool):
-    logp, entropy, _ = _forward(h, w, targets, tile, dtype, with_entropy)
-    return logp, entropy
+    return _forward(h, w, targets, tile, dtype, with_entropy)[:2]
 
 
 def _logprobs_fwd(h, w, targets, tile: int, dtype, with_entropy: bool):

@@ -5,7 +5,8 @@ With `Qwen2Config.lora_rank > 0` each target projection `<name>` gets a sibling 
 [in, rank] and `b` [rank, out] (stacked over layers like every layer parameter); the model adds
 `(x a) b * alpha / rank` to the projection's output (`qwen2.decoder_layer`). A tree with adapters trains only them
 (`partition`): the base weights get no gradients and no optimizer state, and the GRPO reference policy is the
-same base with a copy of the starting adapters (no second copy of the weights). A tree without adapters is all trainable, unchanged.
+same base with a copy of the starting adapters (no second copy of the weights). A tree without adapters is all
+trainable, unchanged.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ from tooln1_jax.models.qwen2 import Qwen2Config
 _COMMON = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "max_position_embeddings": 32768,
            "rope_theta": 1_000_000.0, "hidden_act": "silu", "use_sliding_window": False}
 
-# name: (hidden, intermediate, layers, heads, kv heads, vocab, rms eps, tied embeddings)
-_SHAPES = {
+_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+           "vocab_size", "rms_norm_eps", "tie_word_embeddings")
+_SHAPES = {  # name: the values of _FIELDS
     "0.5b": (896, 4864, 24, 14, 2, 151936, 1e-6, True),
     "1.5b": (1536, 8960, 28, 12, 2, 151936, 1e-6, True),
     "3b": (2048, 11008, 36, 16, 2, 151936, 1e-6, True),
@@ -25,10 +26,7 @@ def hf_config(name: str) -> dict:
     key = name.lower().removeprefix("qwen2.5-").removesuffix("-instruct")
     if key not in _SHAPES:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(NAMES)}")
-    hidden, inter, layers, heads, kv, vocab, eps, tied = _SHAPES[key]
-    return {**_COMMON, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, "rms_norm_eps": eps,
-            "tie_word_embeddings": tied}
+    return {**_COMMON, **dict(zip(_FIELDS, _SHAPES[key]))}
 
 
 def preset(name: str, **runtime) -> Qwen2Config:

@@ -37,6 +37,8 @@ REMAT_POLICIES = (False, True, "none", "dots", "full")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_SUFFIX = "_lora"  # the adapter of projection <name> is its sibling <name>_lora (models/lora.py)
 DTYPES = ("float32", "bfloat16", "float16")  # compute and parameter dtypes
+HF_SHAPE_KEYS = (  # the config.json keys `from_hf` requires
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,21 +117,15 @@ class Qwen2Config:
                              "only Qwen2/Qwen2.5 decoders (model_type 'qwen2') are supported")
         if hf.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
-        rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling")
-        rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or rope.get("rope_type", "default")
+        rope, scaling = hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}
+        rope_type = scaling.get("rope_type", scaling.get("type")) or rope.get("rope_type", "default")
         if rope_type not in ("default", None):
             raise ValueError(f"{source}: rope scaling {rope_type!r} is not supported (only default RoPE)")
-        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                               "num_attention_heads") if k not in hf]
+        missing = [k for k in HF_SHAPE_KEYS if k not in hf]
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}")
         return cls(
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_hidden_layers=int(hf["num_hidden_layers"]),
-            num_attention_heads=int(hf["num_attention_heads"]),
+            **{k: int(hf[k]) for k in HF_SHAPE_KEYS},
             num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
             head_dim=hf.get("head_dim"),
             max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
@@ -145,13 +141,7 @@ class Qwen2Config:
         return {
             "architectures": ["Qwen2ForCausalLM"],
             "model_type": "qwen2",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "head_dim": self.head_dim,
+            **{k: getattr(self, k) for k in HF_SHAPE_KEYS + ("num_key_value_heads", "head_dim")},
             "hidden_act": "silu",
             "max_position_embeddings": self.max_position_embeddings,
             "rope_theta": self.rope_theta,
@@ -341,8 +331,9 @@ def _default_positions(real: jax.Array) -> jax.Array:
 
 def hidden_states(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
                   attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
-                  prefix_ids: jax.Array | None = None):
-    """(final normalised hidden states [B, T, E] in the compute dtype, None); the layers run under `lax.scan`.
+                  prefix_ids: jax.Array | None = None) -> jax.Array:
+    """Final normalised hidden states [B, T, E] in the compute dtype from tokens int32 [B, T]; the layers run under
+    `lax.scan`.
 
     Packed rows give `segment_ids`, `prefix_ids` and `positions` [B, T] (the mask rule of models/attention.py).
     Plain rows give `attention_mask` (1 = real token; default all real) and optionally `positions` (default: the
@@ -370,28 +361,19 @@ def hidden_states(config: Qwen2Config, params: Params, tokens: jax.Array, *, pos
     model = params["model"]
     x = constrain(embed(config, model["embed_tokens"]["embedding"], tokens), HIDDEN)
     x, _ = jax.lax.scan(layer, x, model["layers"])
-    return rms_norm(config, x, model["norm"]["scale"]), None
+    return rms_norm(config, x, model["norm"]["scale"])
 
 
 def apply_head(config: Qwen2Config, params: Params, hidden: jax.Array) -> jax.Array:
     """Logits [..., V] in float32 from hidden states [..., E]."""
-    if config.tie_word_embeddings:
-        w = params["model"]["embed_tokens"]["embedding"].T  # [E, V]
-    else:
-        w = params["lm_head"]["kernel"]
+    tied = config.tie_word_embeddings
+    w = params["model"]["embed_tokens"]["embedding"].T if tied else params["lm_head"]["kernel"]  # [E, V]
     logits = jnp.einsum("...e,ev->...v", hidden.astype(config.dtype), w.astype(config.dtype),
                         preferred_element_type=jnp.float32)
     return constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("act_vocab",))
 
 
-def forward(config: Qwen2Config, params: Params, tokens: jax.Array, *, positions: jax.Array | None = None,
-            attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
-            prefix_ids: jax.Array | None = None):
-    """(logits float32 [B, T, V], None); the arguments as `hidden_states`.
-
-    tokens int32 [B, T]; attention_mask 1 for real tokens (default: all real); positions int32 [B, T] (default: the
-    count of real tokens before each one, so left and right padding both work).
-    """
-    hidden, _ = hidden_states(config, params, tokens, positions=positions, attention_mask=attention_mask,
-                              segment_ids=segment_ids, prefix_ids=prefix_ids)
-    return apply_head(config, params, hidden), None
+def forward(config: Qwen2Config, params: Params, tokens: jax.Array, **inputs) -> jax.Array:
+    """Logits float32 [B, T, V]; tokens and the keyword `inputs` (positions, attention_mask, segment_ids,
+    prefix_ids) as `hidden_states`."""
+    return apply_head(config, params, hidden_states(config, params, tokens, **inputs))

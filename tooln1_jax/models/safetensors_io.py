@@ -47,7 +47,7 @@ class SafetensorsFile:
                 header = json.loads(f.read(header_len))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
-        self.metadata = header.pop("__metadata__", None) or {}
+        header.pop("__metadata__", None)
         self.data_start = 8 + header_len
         self.entries = header
         for name, entry in header.items():
@@ -68,13 +68,9 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.entries[name]["shape"])
 
-    def dtype(self, name: str) -> np.dtype:
-        return DTYPES[self.entries[name]["dtype"]]
-
     def read(self, name: str) -> np.ndarray:
         """The tensor as a read-only memory-mapped array (copy or slice it; drop it to release its pages)."""
-        entry = self.entries[name]
-        shape = tuple(entry["shape"])
+        entry, shape = self.entries[name], self.shape(name)
         if int(np.prod(shape, dtype=np.int64)) == 0:
             return np.zeros(shape, DTYPES[entry["dtype"]])
         return np.memmap(self.path, dtype=DTYPES[entry["dtype"]], mode="r",
@@ -82,13 +78,13 @@ class SafetensorsFile:
 
 
 def write(path: str | os.PathLike, specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],
-          fetch: Callable[[str], np.ndarray], metadata: dict[str, str] | None = None) -> int:
+          fetch: Callable[[str], np.ndarray]) -> int:
     """Write tensors given as (name, shape, dtype) specs; `fetch(name)` is called once per tensor, in order.
 
     Returns the number of data bytes written. Only one fetched tensor is alive at a time.
     """
     specs = [(name, tuple(int(d) for d in shape), np.dtype(dtype)) for name, shape, dtype in specs]
-    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, dtype in specs:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

@@ -12,6 +12,7 @@ read (`check_pinned`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -45,11 +46,6 @@ PINNED_SHA256: dict[str, str] = {
 }
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    stat = os.stat(path)
-    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-
-
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """A file's sha256, computed once per (path, size, modification time): a run opens its weights more than once
@@ -66,8 +62,8 @@ def check_pinned(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.name not in PINNED_SHA256:
         return
-    expected = PINNED_SHA256[path.name]
-    found = sha256_of(path)
+    stat = path.stat()
+    expected, found = PINNED_SHA256[path.name], _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if found != expected:
         raise ValueError(f"{path}: sha256 {found}, but {path.name} is pinned to {expected} "
                          "(models/weights.PINNED_SHA256): a different or damaged file, not used")
@@ -149,16 +145,11 @@ def _set(tree: dict, path, value):
 
 # ---- tensor sources ----------------------------------------------------------------------------------------------
 class TensorSource:
-    """HF-named tensors from somewhere; `read` returns the HF layout (any float dtype), `where` names the file."""
+    """HF-named tensors from somewhere: `shapes()` maps each name to its HF shape, `read(name)` returns it in the HF
+    layout (any float dtype), `where(name)` names its file."""
 
     hf_config: dict
     description: str
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError
-
-    def read(self, name: str) -> np.ndarray:
-        raise NotImplementedError
 
     def where(self, name: str) -> str:
         return self.description
@@ -221,14 +212,11 @@ _GGUF_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_GGUF_LAYER_NAMES = {
+_GGUF_LAYER_NAMES = {  # blk.{i}.<key> -> model.layers.{i}.<value>
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
+    **{f"attn_{x}.{p}": f"self_attn.{x}_proj.{p}" for x in "qkv" for p in ("weight", "bias")},
     "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+    **{f"ffn_{x}.weight": f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")},
 }
 
 
@@ -355,10 +343,8 @@ def _hub_snapshot(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt"]
-    try:
+    with contextlib.suppress(Exception):
         return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        pass
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:
@@ -463,18 +449,16 @@ def save_hf(config: Qwen2Config, params, directory: str | os.PathLike, *, dtype:
     """
     out = Path(directory)
     np_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
-    specs, fetchers = [], {}
+    fetchers = {}
     for tm in tensor_maps(config):
         leaf = _get(params, tm.path)
         for i, name in enumerate(tm.hf_names(config)):
             def fetch(tm=tm, leaf=leaf, i=i):
                 return tm.to_hf(_host(leaf[i] if tm.stacked else leaf))
 
-            shape = leaf.shape[1:] if tm.stacked else leaf.shape
-            specs.append((name, jax.eval_shape(tm.to_hf, jax.ShapeDtypeStruct(shape, jnp.float32)).shape))
             fetchers[name] = fetch
     shards, current, size = [], [], 0
-    for name, shape in specs:
+    for name, shape in hf_shapes(config).items():
         nbytes = int(np.prod(shape)) * np_dtype.itemsize
         if current and size + nbytes > max_shard_bytes:
             shards.append(current)
@@ -484,14 +468,11 @@ def save_hf(config: Qwen2Config, params, directory: str | os.PathLike, *, dtype:
     shards.append(current)
 
     if jax.process_index() != 0:  # take part in the same gathers, in the same order, and write nothing
-        for shard in shards:
-            for name, _, _ in shard:
-                fetchers[name]()
+        for fetch in fetchers.values():
+            fetch()
         return out
     out.mkdir(parents=True, exist_ok=True)
-    hf_config = config.to_hf()
-    hf_config["torch_dtype"] = str(np_dtype) if np_dtype != np.dtype(jnp.bfloat16) else "bfloat16"
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({**config.to_hf(), "torch_dtype": str(np_dtype)}, indent=2) + "\n")
     names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
                                                      for k in range(len(shards))]
     weight_map, total = {}, 0

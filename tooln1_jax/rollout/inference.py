@@ -7,9 +7,8 @@ stays), LoRA adapters merged into the weights, so a decode step reads each weigh
 made once per training step; it costs one model's worth of memory in that dtype (the whole model on every device of
 an FSDP group) unless `fsdp=True` keeps the FSDP axis.
 
-`forward` runs `models.qwen2`'s decoder block (the training forward's code) over per-layer KV caches
-[rows, kv_heads, capacity, head_dim]: token t of row b sits at position positions[b, t] and its keys/values
-are written at that cache entry; attention reads entries [0, width).
+`forward` runs `models.qwen2`'s decoder block (the training forward's code) over the per-layer KV caches of
+`kv_cache.py`: token t of row b is written at cache entry positions[b, t]; attention reads entries [0, width).
 """
 
 from __future__ import annotations
@@ -38,10 +37,6 @@ class InferenceWeights:
     def dtype(self):
         return self.embed.dtype
 
-    @property
-    def nbytes(self) -> int:
-        return sum(x.nbytes for x in jax.tree.leaves(self))
-
 
 def _arrange(tree, logical, layer_of, join, num_layers: int, tied: bool) -> InferenceWeights:
     """The InferenceWeights structure from a params-shaped tree: layer_of(leaf, i) takes layer i of a stacked leaf,
@@ -62,17 +57,9 @@ def _arrange(tree, logical, layer_of, join, num_layers: int, tied: bool) -> Infe
 
 @functools.lru_cache(maxsize=16)
 def _prepare_program(config: Qwen2Config, dtype: str, fsdp: bool, mesh: Mesh, treedef, in_shardings):
-    shapes, logical = qwen2.abstract_params(config.replace(lora_rank=0))  # the tree once adapters are merged
+    logical = qwen2.abstract_params(config.replace(lora_rank=0))[1]  # the tree once adapters are merged
     rules = parallel.RULES if fsdp else tuple((n, None if n == "embed" else a) for n, a in parallel.RULES)
     n, tied = config.num_hidden_layers, config.tie_word_embeddings
-    out_shapes = _arrange(shapes, logical, lambda s, i: s.shape[1:],
-                          lambda s, a: s[:a] + (s[a] * s[a + 1],) + s[a + 2:], n, tied)
-    out_names = _arrange(logical, logical, lambda names, i: tuple(names)[1:], lambda s, a: s[:a + 1] + s[a + 2:], n,
-                         tied)
-    out_shardings = jax.tree.map(
-        lambda shape, names: NamedSharding(mesh, parallel.logical_to_spec(
-            tuple(names), getattr(shape, "shape", shape), mesh, rules)),
-        out_shapes, out_names, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, int) for a in x))
 
     def convert(params):
         params = lora.merge(config, params)[1]  # LoRA adapters folded into this copy (a no-op without them)
@@ -80,6 +67,12 @@ def _prepare_program(config: Qwen2Config, dtype: str, fsdp: bool, mesh: Mesh, tr
         return _arrange(cast, logical, lambda x, i: x[i],
                         lambda x, a: x.reshape(x.shape[:a] + (x.shape[a] * x.shape[a + 1],) + x.shape[a + 2:]), n, tied)
 
+    out_shapes = jax.eval_shape(convert, qwen2.abstract_params(config)[0])
+    out_names = _arrange(logical, logical, lambda names, i: tuple(names)[1:], lambda s, a: s[:a + 1] + s[a + 2:], n,
+                         tied)
+    out_shardings = jax.tree.map(
+        lambda shape, names: NamedSharding(mesh, parallel.logical_to_spec(tuple(names), shape.shape, mesh, rules)),
+        out_shapes, out_names)
     return jax.jit(convert, in_shardings=(jax.tree.unflatten(treedef, in_shardings),), out_shardings=out_shardings)
 
 
@@ -94,7 +87,7 @@ def prepare(config: Qwen2Config, params, *, dtype: str | None = None, fsdp: bool
     if isinstance(params, InferenceWeights):
         return params
     dtype = dtype or config.dtype
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in qwen2.DTYPES:
         raise ValueError(f"inference dtype must be float32, bfloat16 or float16, got {dtype!r}")
     mesh = mesh or mesh_of(params)
     leaves, treedef = jax.tree.flatten(params)

@@ -63,39 +63,24 @@ def _groups(caller: str, rewards: Array, group_size: int) -> Array:
 
 # ---------------------------------------------------------------------------------------------------------------
 # KL estimators of KL(pi || pi_ref) per token, from the log-probs of the sampled tokens (J. Schulman,
-# "Approximating KL divergence", 2020). Registered by name; "k1"/"k2"/"k3" are verl's aliases.
-
-KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {}
+# "Approximating KL divergence", 2020), registered by name in KL_ESTIMATORS; "k1"/"k2"/"k3" are verl's aliases.
 
 
-def _register_kl(*names: str):
-    def register(fn):
-        for name in names:
-            KL_ESTIMATORS[name] = fn
-        return fn
-
-    return register
-
-
-@_register_kl("kl", "k1")
 def _kl_k1(logp: Array, ref_logp: Array) -> Array:
     """k1 = logp - ref: unbiased, high variance, can be negative."""
     return logp - ref_logp
 
 
-@_register_kl("abs")
 def _kl_abs(logp: Array, ref_logp: Array) -> Array:
     """|logp - ref|."""
     return jnp.abs(logp - ref_logp)
 
 
-@_register_kl("mse", "k2")
 def _kl_k2(logp: Array, ref_logp: Array) -> Array:
     """k2 = 0.5 (logp - ref)^2: biased, low variance, >= 0."""
     return 0.5 * jnp.square(logp - ref_logp)
 
 
-@_register_kl("low_var_kl", "k3")
 def _kl_k3(logp: Array, ref_logp: Array) -> Array:
     """k3 = exp(ref - logp) - (ref - logp) - 1: unbiased, low variance, >= 0.
 
@@ -103,6 +88,10 @@ def _kl_k3(logp: Array, ref_logp: Array) -> Array:
     """
     log_ratio = jnp.clip(ref_logp - logp, -20.0, 20.0)
     return jnp.clip(jnp.exp(log_ratio) - log_ratio - 1.0, -10.0, 10.0)
+
+
+KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
+    "kl": _kl_k1, "k1": _kl_k1, "abs": _kl_abs, "mse": _kl_k2, "k2": _kl_k2, "low_var_kl": _kl_k3, "k3": _kl_k3}
 
 
 def kl_penalty(logp: Array, ref_logp: Array, kl_type: str = "low_var_kl") -> Array:
@@ -214,10 +203,9 @@ def policy_loss(
     call's tokens, "num_tokens" their count (to weight them across micro-batches).
     Masked positions never contribute to the loss or its gradient, whatever they hold.
     """
-    eps_low = clip_eps
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    if not 0.0 < eps_low < 1.0 or eps_high <= 0.0:
-        raise ValueError(f"policy_loss: need 0 < clip_eps < 1 and clip_eps_high > 0, got {eps_low}, {eps_high}")
+    if not 0.0 < clip_eps < 1.0 or eps_high <= 0.0:
+        raise ValueError(f"policy_loss: need 0 < clip_eps < 1 and clip_eps_high > 0, got {clip_eps}, {eps_high}")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"policy_loss: dual_clip must be > 1, got {dual_clip}")
     if entropy_coef != 0.0 and entropy is None:
@@ -248,7 +236,7 @@ def policy_loss(
     log_ratio = jnp.clip(logp - old_logp, -20.0, 20.0)
     ratio = jnp.exp(log_ratio)
     pg_unclipped = -adv * ratio
-    pg_clipped = -adv * jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    pg_clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     pg = jnp.maximum(pg_unclipped, pg_clipped)
     clipped = pg_clipped > pg_unclipped
     if dual_clip is not None:
@@ -263,9 +251,8 @@ def policy_loss(
     def token_mean(x):
         return aggregate(x, valid, "token-mean").astype(jnp.float32)
 
-    pg_loss = agg_fn(pg)
-    loss = pg_loss
-    metrics = {"pg_loss": pg_loss}
+    loss = agg_fn(pg)
+    metrics = {"pg_loss": loss}
     if ref_logp is not None:
         kl = agg_fn(kl_penalty(logp, jnp.where(valid, ref_logp, 0.0), kl_type))
         metrics["kl"] = kl

@@ -1,6 +1,6 @@
 """Run metrics: `metrics.jsonl` (one JSON object per logged step), TensorBoard scalars (tensorboardX, no
-TensorFlow) and/or a Weights & Biases run (scalars and a table of samples), sample replies in `samples.jsonl`, and PNG plots. Pure Python + numpy (values may be
-jax scalars).
+TensorFlow) and/or a Weights & Biases run (scalars and a table of samples), sample replies in `samples.jsonl`, and
+PNG plots. Pure Python + numpy (values may be jax scalars).
 
 Resuming: `MetricsLogger(run_dir, resume_step=k)` first drops the lines with step > k from both files (the steps
 the interrupted run logged after its last checkpoint), so the resumed run's files equal an uninterrupted run's.
@@ -46,8 +46,9 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = _StepFile(self.run_dir / METRICS_FILE, resume_step)
         self._samples = _StepFile(self.run_dir / SAMPLES_FILE, resume_step)
-        self._tensorboard = _open_tensorboard(self.run_dir / TENSORBOARD_DIR, tensorboard)
+        board = _open_tensorboard(self.run_dir / TENSORBOARD_DIR, tensorboard)
         self._wandb = _WandB(self.run_dir, **wandb) if wandb is not None else None
+        self._sinks = [sink for sink in (board, self._wandb) if sink is not None]  # each line also goes there
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Append one line {"step": step, **metrics}; values are scalars (Python, numpy or jax). Returns it."""
@@ -57,10 +58,8 @@ class MetricsLogger:
                 raise ValueError(f"metrics: bad metric name {key!r} (a string other than 'step' is needed)")
             record[key] = _scalar(key, value)
         self._metrics.append(step, record)
-        if self._tensorboard is not None:
-            self._tensorboard.write(step, record)
-        if self._wandb is not None:
-            self._wandb.write(step, record)
+        for sink in self._sinks:
+            sink.write(step, record)
         return record
 
     def log_samples(self, step: int, samples: Iterable[Mapping[str, Any]]) -> None:
@@ -76,10 +75,8 @@ class MetricsLogger:
     def close(self) -> None:
         self._metrics.close()
         self._samples.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-        if self._wandb is not None:
-            self._wandb.close()
+        for sink in self._sinks:
+            sink.close()
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -184,8 +181,7 @@ def _read_lines(path, text: str | None = None) -> list[tuple[str, dict[str, Any]
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(
-                record.get("step"), bool):
+        if not isinstance(record, dict) or type(record.get("step")) is not int:  # JSON gives int, not bool
             raise ValueError(f"{path}:{number}: expected a JSON object with an integer 'step', got {line[:80]!r}")
         out.append((line, record))
     return out
@@ -220,16 +216,17 @@ def _json_default(value: Any) -> Any:
 
 class _TensorBoard:
     """Scalars as TensorBoard event files, written by tensorboardX (no TensorFlow). For an object-store run
-    directory the events are written to a local folder and copied over at most every `mirror_secs` and on close
+    directory the events are written to a local folder and copied over at most every MIRROR_SECS and on close
     (tensorboardX's own gs:// writer uploads again whenever it is garbage-collected, even after close)."""
 
-    def __init__(self, logdir, mirror_secs: float = 30.0):
+    MIRROR_SECS = 30.0
+
+    def __init__(self, logdir):
         from tensorboardX import SummaryWriter
 
         self._remote = paths.path(logdir) if paths.is_remote(logdir) else None
         self._local = Path(tempfile.mkdtemp(prefix="tooln1-tensorboard-")) if self._remote else Path(logdir)
         self._writer = SummaryWriter(str(self._local), flush_secs=30)
-        self._mirror_secs = mirror_secs
         self._mirrored_at = 0.0
 
     def write(self, step: int, record: Mapping[str, Any]) -> None:
@@ -237,7 +234,7 @@ class _TensorBoard:
             if key != "step" and value is not None:
                 self._writer.add_scalar(key, float(value), step)
         self._writer.flush()
-        if self._remote is not None and time.monotonic() - self._mirrored_at >= self._mirror_secs:
+        if self._remote is not None and time.monotonic() - self._mirrored_at >= self.MIRROR_SECS:
             self._mirror()
 
     def _mirror(self) -> None:

@@ -78,19 +78,17 @@ class PackedGroups:
 
     def pad_to(self, rows: int, length: int, slots: int, reply: int) -> "PackedGroups":
         """The same layout in a larger shape (so that every host's batch has one shape)."""
-        r0, l0, s0, w0 = self.shape
-        if rows < r0 or length < l0 or slots < s0 or reply < w0:
+        if any(new < old for new, old in zip((rows, length, slots, reply), self.shape)):
             raise ValueError(f"pad_to{(rows, length, slots, reply)} is smaller than {self.shape}")
-        grow = lambda x, *extra: np.pad(x, [(0, e) for e in extra])  # noqa: E731
-        return PackedGroups(
-            tokens=grow(self.tokens, rows - r0, length - l0), positions=grow(self.positions, rows - r0, length - l0),
-            segment_ids=grow(self.segment_ids, rows - r0, length - l0),
-            prefix_ids=np.pad(self.prefix_ids, [(0, rows - r0), (0, length - l0)], constant_values=-1),
-            predict=grow(self.predict, rows - r0, slots - s0, reply - w0),
-            targets=grow(self.targets, rows - r0, slots - s0, reply - w0),
-            response_mask=grow(self.response_mask, rows - r0, slots - s0, reply - w0),
-            sample=np.pad(self.sample, [(0, rows - r0), (0, slots - s0)], constant_values=-1),
-            num_samples=self.num_samples)
+
+        def grow(name: str, *size: int) -> np.ndarray:  # the padding is masked: -1 in prefix_ids and sample, else 0
+            x = getattr(self, name)
+            fill = -1 if name in ("prefix_ids", "sample") else 0
+            return np.pad(x, [(0, new - old) for new, old in zip(size, x.shape)], constant_values=fill)
+
+        return PackedGroups(**{k: grow(k, rows, length) for k in ("tokens", "positions", "segment_ids", "prefix_ids")},
+                            **{k: grow(k, rows, slots, reply) for k in ("predict", "targets", "response_mask")},
+                            sample=grow("sample", rows, slots), num_samples=self.num_samples)
 
 
 def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -121,27 +119,28 @@ def plan_rows(lengths: Sequence[int], budget: int, max_length: int | None = None
     return _first_fit_decreasing(lengths, length), length
 
 
-def row_count(rows: int, rows_multiple: int, num_groups: int) -> int:
-    """The rows of a packed batch that needs `rows`: a rung of multiples of `rows_multiple` (the batch axes'
-    share of this host), at most one row per group (rounded up to the multiple)."""
-    return shapes.ladder(rows, rows_multiple, num_groups)
-
-
 def reply_width_for(longest_reply: int, max_reply: int | None = None) -> int:
     """The slot width R for replies of at most `longest_reply` tokens: REPLY_QUANTUM x 2^k, at most `max_reply`
     (the reply cap) rounded up to the quantum."""
     return shapes.ladder(longest_reply, REPLY_QUANTUM, max_reply, half_steps=False)
 
 
+def layout_metrics(computed: int, useful: float) -> dict[str, float]:
+    """Computed token positions per useful token (prompts once per group + replies) and the share of positions
+    that hold no token, of a step's training passes."""
+    return {"layout/computed_per_useful": computed / max(useful, 1),
+            "layout/padding_frac": 1.0 - useful / max(computed, 1)}
+
+
 def layout(lengths: Sequence[int], group_sizes: Sequence[int], *, budget: int = 0, rows_multiple: int = 1,
            max_length: int | None = None) -> tuple[list[list[int]], int, int, int]:
     """(groups of each row, rows, L, S) for groups of these token lengths and reply counts: rows from `plan_rows`
-    padded to `row_count`, S the most replies in a row rounded up to the largest group size x 2^k (at most all
-    of them)."""
+    padded to a rung of multiples of `rows_multiple` (this host's share of the batch axes), at most one per group
+    (rounded up); S the most replies in a row rounded up to the largest group size x 2^k, at most all of them."""
     assignment, length = plan_rows(lengths, budget, max_length)
     slots = shapes.ladder(max(sum(group_sizes[g] for g in row) for row in assignment), max(1, max(group_sizes)),
                           sum(group_sizes), half_steps=False)
-    return assignment, row_count(len(assignment), rows_multiple, len(lengths)), length, slots
+    return assignment, shapes.ladder(len(assignment), rows_multiple, len(lengths)), length, slots
 
 
 def pack_groups(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[Sequence[int]]], *, budget: int = 0,
@@ -176,25 +175,20 @@ def pack_groups(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[Seq
     for r, row in enumerate(assignment):
         col, slot = 0, 0
         for seg, g in enumerate(sorted(row), start=1):
-            prompt = np.asarray(prompts[g], np.int32)
-            p = len(prompt)
-            tokens[r, col:col + p] = prompt
-            positions[r, col:col + p] = np.arange(p)
-            segment_ids[r, col:col + p] = seg
-            prefix_ids[r, col:col + p] = 0
+            p = len(prompts[g])
             last_prompt = col + p - 1
-            col += p
-            for j, reply in enumerate(replies[g]):
-                n = len(reply)
-                tokens[r, col:col + n] = reply
-                positions[r, col:col + n] = p + np.arange(n)
+            for j, piece in enumerate([prompts[g], *replies[g]]):  # j = 0: the prompt; j > 0: reply j - 1
+                n = len(piece)
+                tokens[r, col:col + n] = piece
+                positions[r, col:col + n] = (p if j else 0) + np.arange(n)
                 segment_ids[r, col:col + n] = seg
-                prefix_ids[r, col:col + n] = j + 1
-                predict[r, slot, :n] = np.concatenate([[last_prompt], col + np.arange(n - 1)])[:n]
-                targets[r, slot, :n] = reply
-                response_mask[r, slot, :n] = 1.0
-                sample[r, slot] = first_sample[g] + j
+                prefix_ids[r, col:col + n] = j
+                if j:
+                    predict[r, slot, :n] = np.concatenate([[last_prompt], col + np.arange(n - 1)])[:n]
+                    targets[r, slot, :n] = piece
+                    response_mask[r, slot, :n] = 1.0
+                    sample[r, slot] = first_sample[g] + j - 1
+                    slot += 1
                 col += n
-                slot += 1
     return PackedGroups(tokens, positions, segment_ids, prefix_ids, predict, targets, response_mask, sample,
                         int(first_sample[-1]))

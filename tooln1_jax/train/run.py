@@ -67,15 +67,13 @@ def token_row_ids(tokenizer, tokens: Sequence[str], vocab_size: int) -> tuple[in
     if not tokens:
         return ()
     vocab = tokenizer.get_vocab()
-    ids = []
     for token in tokens:
         if token not in vocab:
             raise ConfigError(f"optim.token_rows: {token!r} is not a token of the tokenizer ({tokenizer.name_or_path})")
         if vocab[token] >= vocab_size:
             raise ConfigError(f"optim.token_rows: {token!r} has id {vocab[token]}, beyond the model's vocabulary "
                               f"of {vocab_size}")
-        ids.append(vocab[token])
-    return tuple(ids)
+    return tuple(vocab[token] for token in tokens)
 
 
 LOG_FILE = "run.log"
@@ -126,18 +124,15 @@ def banner(run: "TrainingRun") -> str:
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     mesh = " ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
-    params = lora.count(run.params)
-    cfg = run.cfg
+    m = run.cfg.model
+    params = f"{lora.count(run.params):,} parameters"
     trainable = lora.partition(run.params)[0]
     if trainable is not run.params:
-        m = cfg.model
-        params = f"{params:,} parameters of which {lora.count(trainable):,} train: LoRA rank {m.lora_rank}, " \
-                 f"alpha {m.lora_alpha:g} on {', '.join(m.lora_targets)}"
-    else:
-        params = f"{params:,} parameters"
+        params += (f" of which {lora.count(trainable):,} train: LoRA rank {m.lora_rank}, alpha {m.lora_alpha:g} on "
+                   f"{', '.join(m.lora_targets)}")
     return (f"tooln1-jax {__version__} {run.name}: jax {jax.__version__}, backend {jax.default_backend()}, "
             f"{len(devices)} device(s) ({', '.join(kinds)}), {jax.process_count()} process(es), mesh {mesh}; "
-            f"model {cfg.model.path or cfg.model.preset or 'random init'} ({params}, {cfg.model.param_dtype} weights, "
+            f"model {m.path or m.preset or 'random init'} ({params}, {m.param_dtype} weights, "
             f"{run.model_config.dtype} compute); {len(run.train_records)} training records; run dir {run.run_dir}")
 
 
@@ -147,11 +142,6 @@ def decode_replies(tokenizer, rollout: sampler.Rollout, stop_ids) -> tuple[list[
     return tokenizer.batch_decode(ids, skip_special_tokens=False), ids
 
 
-def score_reply(reply: str, answer, variant: str = "binary") -> tuple[float, bool, bool]:
-    """(reward, exact match of the calls, well-formed: think tags + a decodable call block)."""
-    return toolcall.score_details(reply, answer, variant)
-
-
 # jax.monitoring events: a program built for a jit cache miss (compiled, or loaded from the persistent cache), and
 # a load from the persistent cache
 PROGRAM_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -159,20 +149,18 @@ CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _programs = {"built": 0, "loaded": 0}  # in this process, since `count_compilations` was first called
 
 
-def _on_duration_event(event: str, duration_secs: float, **kwargs) -> None:
+def _on_event(event: str, *duration_secs, **kwargs) -> None:
+    """The listener of both plain and duration events (which also pass their seconds)."""
     if event == PROGRAM_EVENT:
         _programs["built"] += 1
-
-
-def _on_event(event: str, **kwargs) -> None:
-    if event == CACHE_HIT_EVENT:
+    elif event == CACHE_HIT_EVENT:
         _programs["loaded"] += 1
 
 
 @functools.cache
 def count_compilations() -> None:
     """Count programs from now on (once per process: jax.monitoring listeners cannot be taken back)."""
-    jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
     jax.monitoring.register_event_listener(_on_event)
 
 
@@ -229,6 +217,12 @@ class TrainingRun:
 
     name = "run"
     compile_phases = ("update", "total")  # the `compiles/...` metrics of every step
+    progress_keys = ("loss",)  # shown on the progress bar
+    plot_keys = ("loss",)  # plotted into `plot_file` when the run ends
+    plot_file = "loss.png"
+    saved_step: int | None = None  # the step of the last checkpoint written or restored
+    interrupted: str | None = None  # the signal that stopped `run` early (SIGTERM, SIGINT), else None
+    _stop: preemption.StopRequests | None = None
     _log_file: _LogFile | None = None
 
     def __init__(self, cfg: RunConfig, *, run_dir: str | Path | None = None, train_records: list[dict] | None = None,
@@ -267,8 +261,8 @@ class TrainingRun:
 
         self.checkpoints = checkpoint.Checkpoints(self.run_dir, keep=cfg.checkpoint.keep,
                                                   async_save=cfg.checkpoint.async_save)
-        latest = self.checkpoints.latest_step() if resume else None
-        if not resume and self.checkpoints.latest_step() is not None:
+        latest = self.checkpoints.latest_step()  # where a resumed run continues (None: from the start)
+        if not resume and latest is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
                                   "or choose another --run-dir")
         if not resume and (self.run_dir / METRICS_FILE).is_file() and (self.run_dir / METRICS_FILE).read_text():
@@ -352,14 +346,14 @@ class TrainingRun:
         self.checkpoints.save(self.step, self.params, self.opt_state, self.meta())
         self.saved_step = self.step
 
-    saved_step: int | None = None  # the step of the last checkpoint written or restored
-    interrupted: str | None = None  # the signal that stopped `run` early (SIGTERM, SIGINT), else None
-    _stop: preemption.StopRequests | None = None
-
     def abandon_if_stopping(self):
         """Called inside a step before its first state change: stop here when a signal came (a collective)."""
         if self._stop is not None and self._stop.requested(self.step):
             raise StepAbandoned
+
+    def is_logged(self, step: int) -> bool:
+        """Whether the metrics of `step` go to metrics.jsonl: every train.log_every steps, and the last step's."""
+        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
 
     def micro_rows(self) -> int:
         """Packed rows per forward/backward pass: `train.micro_batch_rows`, or one per device of the batch axes."""
@@ -381,8 +375,7 @@ class TrainingRun:
     def validate(self) -> dict:
         """Greedy replies on held-out records (each host its share): mean binary reward, exact-match and format
         rates."""
-        hosts = jax.process_count()
-        per_host = min(self.cfg.train.eval_size, len(self.eval_records)) // hosts
+        per_host = min(self.cfg.train.eval_size, len(self.eval_records)) // jax.process_count()
         if not per_host:
             return {}
         records = self.eval_records[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
@@ -390,8 +383,9 @@ class TrainingRun:
                                max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0,
                                stop_ids=self.stop_ids, mesh=self.mesh)
         replies, _ = decode_replies(self.tokenizer, out, self.stop_ids)
-        scores = np.array([score_reply(reply, rec["answer"]) for reply, rec in zip(replies, records)], np.float32)
-        scores = self.all_rows(scores)
+        # (binary reward, exact match, well-formed) per reply
+        scores = self.all_rows(np.array([toolcall.score_details(reply, rec["answer"])
+                                         for reply, rec in zip(replies, records)], np.float32))
         return {"val/reward": float(scores[:, 0].mean()), "val/exact_match": float(scores[:, 1].mean()),
                 "val/format_ok": float(scores[:, 2].mean())}
 
@@ -424,7 +418,7 @@ class TrainingRun:
                     metrics.update(self.validate())
             metrics.update(self.compiles.metrics())
             if self.is_main:
-                if self.step % t.log_every == 0 or self.step == t.steps:
+                if self.is_logged(self.step):
                     self.metrics.log(self.step, metrics)
                 if t.sample_every and self.step % t.sample_every == 0 and result.samples:
                     self.metrics.log_samples(self.step, result.samples)
@@ -444,9 +438,6 @@ class TrainingRun:
             self.save()
         log.warning("%s: stopped at step %d (checkpoint saved); continue with --resume", self.interrupted, self.step)
 
-    progress_keys = ("loss",)
-    plot_keys = ("loss",)
-
     def finish(self):
         self.checkpoints.wait()
         if self.is_main and self.metrics is not None:
@@ -455,8 +446,6 @@ class TrainingRun:
                 plot(self.run_dir, self.run_dir / self.plot_file, keys=self.plot_keys)
             except (KeyError, ValueError) as e:  # e.g. no steps logged
                 log.warning("no plot: %s", e)
-
-    plot_file = "loss.png"
 
     def close(self):
         self.checkpoints.close()

@@ -29,8 +29,8 @@ def packed_logprobs(config: Qwen2Config, params, batch: dict, *, temperature: fl
     """Reply log-probs (and entropies) [rows, S, R] of a prefix-shared packed batch (`packing.PackedGroups` as a
     dict: tokens, positions, segment_ids, prefix_ids [rows, L]; predict, targets [rows, S, R]). The hidden state
     of each reply position is gathered within its row, so the LM head runs at reply positions only."""
-    hidden, _ = qwen2.hidden_states(config, params, batch["tokens"], positions=batch["positions"],
-                                    segment_ids=batch["segment_ids"], prefix_ids=batch["prefix_ids"])
+    hidden = qwen2.hidden_states(config, params, batch["tokens"], positions=batch["positions"],
+                                 segment_ids=batch["segment_ids"], prefix_ids=batch["prefix_ids"])
     rows, slots, reply = batch["predict"].shape
     h = jnp.take_along_axis(hidden, batch["predict"].reshape(rows, slots * reply, 1), axis=1)
     logp, entropy = _head_logprobs(config, params, h.reshape(rows * slots, reply, -1),

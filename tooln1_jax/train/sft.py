@@ -66,11 +66,9 @@ def supervised_step(run: TrainingRun, steps: StepFunctions, params, opt_state, r
     metrics = {k: float(v) for k, v in m.items()}
     seconds = time.perf_counter() - start
     useful = float(run.all_rows(np.array([packed.useful_tokens])).sum())
-    computed = packed.computed_tokens * hosts
     metrics.update({"time/update_s": seconds, "tokens_per_s": useful / max(seconds, 1e-9),
                     "target_len/mean": float(np.mean([len(r["target_ids"]) for r in records])),
-                    "layout/computed_per_useful": computed / max(useful, 1.0),
-                    "layout/padding_frac": 1.0 - useful / max(computed, 1)})
+                    **packing.layout_metrics(packed.computed_tokens * hosts, useful)})
     return params, opt_state, metrics
 
 

@@ -43,10 +43,8 @@ def make_optimizer(cfg: OptimConfig, total_updates: int,
     else:
         lr = cfg.lr
     adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if token_ids and cfg.token_rows_lr:
-        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw,
-                           scale_token_rows(token_ids, cfg.token_rows_lr / cfg.lr))
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
+    rows = [scale_token_rows(token_ids, cfg.token_rows_lr / cfg.lr)] if token_ids and cfg.token_rows_lr else []
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw, *rows)
 
 
 def scale_token_rows(token_ids: Sequence[int], factor: float) -> optax.GradientTransformation:
@@ -54,11 +52,8 @@ def scale_token_rows(token_ids: Sequence[int], factor: float) -> optax.GradientT
     ids = jnp.asarray(sorted(set(token_ids)), jnp.int32)
 
     def update(updates, state, params=None):
-        del params
-        updates = dict(updates)
-        model = dict(updates["model"])
-        model["embed_tokens"] = {"embedding": model["embed_tokens"]["embedding"].at[ids].multiply(factor)}
-        updates["model"] = model
+        embedding = updates["model"]["embed_tokens"]["embedding"].at[ids].multiply(factor)
+        updates = {**updates, "model": {**updates["model"], "embed_tokens": {"embedding": embedding}}}
         if "lm_head" in updates:
             updates["lm_head"] = {"kernel": updates["lm_head"]["kernel"].at[:, ids].multiply(factor)}
         return updates, state
@@ -94,20 +89,18 @@ def _accumulate(loss_fn, params, batch: dict, micro: int, mesh: Mesh):
 def _token_weighted(metrics: dict, summed: tuple[str, ...]) -> dict:
     """Per-micro-batch metrics [n] -> scalars: `summed` keys add up, the rest are token-weighted means."""
     tokens = metrics["num_tokens"]
-    out = {}
-    for key, values in metrics.items():
-        if key in summed or key == "num_tokens":
-            out[key] = jnp.sum(values)
-        else:
-            out[key] = jnp.sum(values * tokens) / jnp.maximum(jnp.sum(tokens), 1.0)
-    return out
+    return {key: jnp.sum(values) if key in summed or key == "num_tokens"
+            else jnp.sum(values * tokens) / jnp.maximum(jnp.sum(tokens), 1.0) for key, values in metrics.items()}
 
 
-def _apply(optimizer, params, opt_state, grads):
-    """One optimizer step on the trainable parameters (`grads` and `opt_state` are theirs)."""
+def _update(loss_fn, summed: tuple[str, ...], micro: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
+    """One optimizer step on the trainable parameters with the gradients summed over micro-batches (`_accumulate`)
+    -> (params, opt_state, metrics: `_token_weighted` by `summed`, plus the gradients' global norm)."""
+    grads, metrics = _accumulate(loss_fn, params, batch, micro, mesh)
     trainable, frozen = lora.partition(params)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    return lora.combine(optax.apply_updates(trainable, updates), frozen), opt_state, optax.global_norm(grads)
+    params, grad_norm = lora.combine(optax.apply_updates(trainable, updates), frozen), optax.global_norm(grads)
+    return params, opt_state, {**_token_weighted(metrics, summed), "grad_norm": grad_norm}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +109,6 @@ class GRPOSettings:
     max_len: int  # Dr.GRPO's constant (the reply cap)
     micro_batch_size: int  # packed rows per forward/backward pass (`train.micro_batch_rows`)
     grpo: GRPOConfig
-
-
-def _mini_batch_denominator(agg: str, mask: jax.Array) -> jax.Array:
-    return jnp.maximum(grpo.loss_denominator(mask, agg), 1.0)
 
 
 def _micro_denominator(agg: str, mini_batch_den: jax.Array, micro_mask: jax.Array, n_micro) -> jax.Array:
@@ -141,7 +130,7 @@ def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: M
     first mini-batch: the sampling policy is the current one) the old log-probs are this forward's own, stop-gradient.
     `log_entropy` adds "entropy_sum" (the current policy's entropy summed over reply tokens, no gradient)."""
     g = settings.grpo
-    den = _mini_batch_denominator(g.loss_agg, _flat(batch["response_mask"]))
+    den = jnp.maximum(grpo.loss_denominator(_flat(batch["response_mask"]), g.loss_agg), 1.0)
     # micro-batches that hold reply tokens: the rows that pad a batch to its shape bucket may fill whole ones
     micro_masks = _split_micro(batch["response_mask"], settings.micro_batch_size, None)
     n_micro = jnp.maximum(jnp.sum(jnp.any(micro_masks > 0, axis=(1, 2, 3))), 1)
@@ -161,10 +150,8 @@ def _grpo_update(config: Qwen2Config, settings: GRPOSettings, optimizer, mesh: M
             metrics["entropy_sum"] = jnp.sum(jnp.where(mask > 0, jax.lax.stop_gradient(entropy), 0.0))
         return loss, metrics
 
-    grads, metrics = _accumulate(loss_fn, params, batch, settings.micro_batch_size, mesh)
-    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
-    metrics = _token_weighted(metrics, summed=("loss", "pg_loss", "kl", "entropy", "entropy_sum"))
-    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+    summed = ("loss", "pg_loss", "kl", "entropy", "entropy_sum")
+    return _update(loss_fn, summed, settings.micro_batch_size, optimizer, mesh, params, opt_state, batch)
 
 
 def _sft_update(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, params, opt_state, batch: dict):
@@ -180,10 +167,7 @@ def _sft_update(config: Qwen2Config, micro_rows: int, optimizer, mesh: Mesh, par
         target_prob = jnp.sum(jnp.where(mask > 0, jnp.exp(logp), 0.0)) / jnp.maximum(num_tokens, 1.0)
         return nll / den, {"loss": nll / den, "num_tokens": num_tokens, "target_prob": target_prob}
 
-    grads, metrics = _accumulate(loss_fn, params, batch, micro_rows, mesh)
-    params, opt_state, grad_norm = _apply(optimizer, params, opt_state, grads)
-    metrics = _token_weighted(metrics, summed=("loss",))
-    return params, opt_state, {**metrics, "grad_norm": grad_norm}
+    return _update(loss_fn, ("loss",), micro_rows, optimizer, mesh, params, opt_state, batch)
 
 
 def _logprobs(config: Qwen2Config, temperature: float, with_entropy: bool, micro_rows: int, mesh: Mesh,
@@ -209,16 +193,15 @@ class StepFunctions:
     def __init__(self, config: Qwen2Config, optimizer: optax.GradientTransformation, mesh: Mesh, params):
         self.config, self.optimizer, self.mesh = config, optimizer, mesh
         self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        trainable_shardings = lora.partition(self.param_shardings)[0]
+        self.trainable_shardings = lora.partition(self.param_shardings)[0]
         abstract_state = jax.eval_shape(optimizer.init, lora.partition(params)[0])
-        self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, trainable_shardings,
+        self.opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_state, self.trainable_shardings,
                                                    transform_non_params=lambda _: parallel.replicated(mesh))
         self._programs: dict = {}  # one jitted function per static setting (jit then compiles per shape)
 
     def init_opt_state(self, params):
-        trainable = lora.partition(params)[0]
-        return jax.jit(self.optimizer.init, in_shardings=(lora.partition(self.param_shardings)[0],),
-                       out_shardings=self.opt_shardings)(trainable)
+        return jax.jit(self.optimizer.init, in_shardings=(self.trainable_shardings,),
+                       out_shardings=self.opt_shardings)(lora.partition(params)[0])
 
     def packed_logprobs(self, params, batch: dict, *, micro_rows: int, temperature: float = 1.0,
                         with_entropy: bool = False):
@@ -245,23 +228,22 @@ class StepFunctions:
 
     def grpo_packed_program(self, batch: dict, settings: GRPOSettings, log_entropy: bool = False):
         """The jitted packed GRPO update for batches with these keys (arrays or ShapeDtypeStructs)."""
-        return self._update_program("grpo", settings, log_entropy, batch)
+        fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, log_entropy)
+        return self._update_program(("grpo", settings, log_entropy), fn, batch)
 
     def sft_update_packed(self, params, opt_state, batch: dict, micro_rows: int):
         return self.sft_packed_program(batch, micro_rows)(params, opt_state, batch)
 
     def sft_packed_program(self, batch: dict, micro_rows: int):
         """The jitted packed supervised update for batches with these keys (arrays or ShapeDtypeStructs)."""
-        return self._update_program("sft", micro_rows, False, batch)
+        fn = functools.partial(_sft_update, self.config, micro_rows, self.optimizer, self.mesh)
+        return self._update_program(("sft", micro_rows), fn, batch)
 
-    def _update_program(self, kind: str, settings, log_entropy: bool, batch: dict):
+    def _update_program(self, setting: tuple, fn, batch: dict):
+        """The jitted update `fn`(params, opt_state, batch), one per `setting` and batch keys and ranks."""
         batch_keys = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
-        key = (kind, settings, log_entropy, batch_keys)
+        key = (*setting, batch_keys)
         if key not in self._programs:
-            if kind == "grpo":
-                fn = functools.partial(_grpo_update, self.config, settings, self.optimizer, self.mesh, log_entropy)
-            else:
-                fn = functools.partial(_sft_update, self.config, settings, self.optimizer, self.mesh)
             batch_sh = {k: parallel.batch_sharding(self.mesh, ndim) for k, ndim in batch_keys}
             replicated = parallel.replicated(self.mesh)
             self._programs[key] = jax.jit(fn, in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),

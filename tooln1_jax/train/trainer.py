@@ -3,12 +3,12 @@ per mini-batch. Each step is a short sequence of named calls; the math lives in 
 `step`, the sampling in `rollout.sampler`, the set-up and loop in `run`.
 
 The training passes use the prefix-shared packed layout (`packing.py`): each prompt once, then its G replies;
-`train.micro_batch_rows` packed rows per forward/backward pass. The first mini-batch of a step takes its old log-probs from the update's own forward
-(stop-gradient: nothing has changed the policy since it sampled) instead of a separate pass; the entropy is
-computed only on steps that are logged. Packed shapes are bucketed (`packing`, `shapes.ladder`), so the update
-and log-prob passes compile a handful of programs however reply lengths vary; `compiles/rollout`,
-`compiles/logprobs`, `compiles/update` and `compiles/total` count each step's compilations (`compiles/loaded`: the
-programs the persistent compilation cache gave instead).
+`train.micro_batch_rows` packed rows per forward/backward pass. The first mini-batch of a step takes its old
+log-probs from the update's own forward (stop-gradient: nothing has changed the policy since it sampled) instead
+of a separate pass; the entropy is computed only on steps that are logged. Packed shapes are bucketed (`packing`,
+`shapes.ladder`), so the update and log-prob passes compile a handful of programs however reply lengths vary;
+`compiles/rollout`, `compiles/logprobs`, `compiles/update` and `compiles/total` count each step's compilations
+(`compiles/loaded`: the programs the persistent compilation cache gave instead).
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ class Rewards:
 
     def __call__(self, records, replies, reply_ids):
         prompts = self._prompt_texts(records) if self.needs_prompts else [""] * len(replies)
-        keys = [k for k in records[0] if k not in ("prompt_ids", "target_ids")]
-        columns = {k: [r.get(k) for r in records] for k in keys}
+        columns = {k: [r.get(k) for r in records] for k in records[0] if k not in ("prompt_ids", "target_ids")}
         starts = range(0, len(replies), self.CHUNK)
         chunks = [(self.specs, self.weights, prompts[i:i + self.CHUNK], replies[i:i + self.CHUNK],
                    {k: v[i:i + self.CHUNK] for k, v in columns.items()}) for i in starts]
@@ -74,10 +73,8 @@ class Rewards:
         return rewards, extra
 
     def _prompt_texts(self, records) -> list[str]:
-        texts: dict[int, str] = {}  # a prompt's G rows share one record object
-        for r in records:
-            if id(r) not in texts:
-                texts[id(r)] = self.tokenizer.decode(r["prompt_ids"])
+        unique = {id(r): r for r in records}  # a prompt's G rows share one record object
+        texts = {key: self.tokenizer.decode(r["prompt_ids"]) for key, r in unique.items()}
         return [texts[id(r)] for r in records]
 
     def close(self):
@@ -172,11 +169,6 @@ class GRPOTrainer(TrainingRun):
         g = self.cfg.rollout.num_generations
         return np.asarray(grpo.group_advantages(jnp.asarray(rewards), g, scale_by_std=self.cfg.grpo.scale_rewards))
 
-    def logged_next(self) -> bool:
-        """Will the coming step's metrics be logged (so the entropy is worth computing)?"""
-        t = self.cfg.train
-        return (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
-
     def minibatches(self, records, generated_ids, advantages) -> list[dict]:
         """One packed device batch per mini-batch (this host's rows of it), with old and reference log-probs, all
         computed before the first update: "old" is the policy that sampled. The replies keep their stop token:
@@ -186,7 +178,7 @@ class GRPOTrainer(TrainingRun):
         t, r = self.cfg.train, self.cfg.rollout
         g, hosts = r.num_generations, jax.process_count()
         per = t.mini_batch_size // hosts  # this host's prompts per mini-batch
-        log_entropy = self.logged_next()
+        log_entropy = self.is_logged(self.step + 1)  # the coming step is logged: its entropy is wanted
         batches, self.layout_stats = [], {"computed": 0, "useful": 0}
         reference = self.reference_params()
         width = parallel.global_max(packing.reply_width_for(max(1, max(map(len, generated_ids))), r.max_new_tokens))
@@ -217,7 +209,7 @@ class GRPOTrainer(TrainingRun):
 
     def update(self, batches: list[dict]) -> list[dict]:
         metrics = []
-        log_entropy = self.logged_next()
+        log_entropy = self.is_logged(self.step + 1)
         for batch in batches:
             entropy = batch.pop("entropy", None)
             own_entropy = log_entropy and "old_logp" not in batch
@@ -271,19 +263,12 @@ class GRPOTrainer(TrainingRun):
                         "time/rollout_s": rollout_seconds, "time/update_s": update_seconds,
                         "tokens_per_s": generated / max(rollout_seconds + update_seconds, 1e-9),
                         "rollout_tokens_per_s": generated / max(rollout_seconds, 1e-9),
-                        **self.layout_metrics(),
+                        **packing.layout_metrics(self.layout_stats["computed"], self.layout_stats["useful"]),
                         "epoch": self.loader.epoch, "updates": len(update_metrics),
                         "sampler_compiles": sampler.programs_built(),
                         "rollout/slot_utilisation": rollout.stats.utilisation,
                         "rollout/decode_steps": rollout.stats.decode_steps})
         return metrics
-
-    def layout_metrics(self) -> dict:
-        """Computed token positions per useful token (prompts once per group + replies) and the share of
-        positions that hold no token, of the last training passes."""
-        s = self.layout_stats
-        return {"layout/computed_per_useful": s["computed"] / max(s["useful"], 1),
-                "layout/padding_frac": 1.0 - s["useful"] / max(s["computed"], 1)}
 
     def close(self):
         super().close()
