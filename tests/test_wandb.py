@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pytest
 
 from tooln1_jax.train.metrics import MetricsLogger
 
 wandb = pytest.importorskip("wandb", reason="the optional extra tooln1-jax[wandb] is not installed")
+from google.protobuf.message import DecodeError  # noqa: E402  (protobuf comes with wandb)
 
 
 def wandb_records(path):
@@ -37,10 +39,25 @@ def wandb_records(path):
             pending += chunk
 
 
+def finished_records(path, timeout_s: float = 60.0):
+    """The records of a finished offline run. wandb's service process writes the file itself and may still be
+    writing it when `run.finish()` returns (seen: only the 7-byte header, the whole file a second later), so wait
+    for the run's exit record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = list(wandb_records(path))
+        except DecodeError:  # a record cut off mid-write
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def history(run_dir):
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows = []
-    for record in wandb_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "history":
             rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
     return rows
