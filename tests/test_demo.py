@@ -65,14 +65,14 @@ def test_train_demo_leaves_a_complete_run_directory(demo_run):
 
 @pytest.mark.slow
 def test_the_demo_learns(demo_run):
-    """GRPO raises the sampled reward of the warm-started policy by the demo's acceptance figures (fixed seeds:
-    0.354 over the first three steps, then 0.656 over the last three on the 2026-12-07 machine; the float sums can
-    differ between CPUs; README, "Quick start")."""
+    """GRPO raises the sampled reward of the warm-started policy by the demo's acceptance figures with the margin
+    every seed pair keeps (tests/test_demo_seeds.py; fixed seeds: 0.354 over the first three steps, then 0.734 over
+    the last three on the 2026-12-08 machine; the float sums can differ between CPUs; README, "Quick start")."""
     run_dir, _, _ = demo_run
     figures = demo_bench.summarize(metrics_lib.read_metrics(run_dir))
     assert figures["grpo_steps"] >= demo_bench.MIN_STEPS, figures
-    assert figures["last3_mean"] >= demo_bench.MIN_FINAL, figures
-    assert figures["rise"] >= demo_bench.MIN_RISE, figures
+    assert figures["last3_mean"] >= demo_bench.MIN_FINAL + demo_bench.SEED_MARGIN, figures
+    assert figures["rise"] >= demo_bench.MIN_RISE + demo_bench.SEED_MARGIN, figures
     assert figures["val_reward"][0] == 1.0, figures  # greedy replies of the warm-started policy are right
 
 

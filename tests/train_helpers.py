@@ -26,7 +26,7 @@ TINY = [
     "model.vocab_size=64", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
     "model.num_heads=4", "model.num_kv_heads=2", "model.tie_word_embeddings=false", "model.dtype=float32",
     "rollout.num_generations=4", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
-    "train.batch_size=8", "train.mini_batch_size=4", "train.eval_every=0",
+    "train.batch_size=8", "train.mini_batch_size=4", "train.micro_batch_rows=0", "train.eval_every=0",
     "train.sample_every=0", "optim.lr=0.01", "grpo.beta=0.001", "checkpoint.every=1", "checkpoint.keep=20",
     "checkpoint.async_save=false", "sft.warm_start_steps=0",  # GRPO from the initial policy (the demo warms up)
 ]
