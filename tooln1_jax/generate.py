@@ -70,8 +70,7 @@ def _check_calls(calls, where: str) -> list[dict]:
             call = call["function"]
         if not isinstance(call, dict) or not isinstance(call.get("name"), str) or \
                 not isinstance(call.get("arguments"), dict):
-            raise ValueError(f"{where}: tool call {j} must be an object with a string 'name' and an object "
-                             "'arguments'")
+            raise ValueError(f"{where}: tool call {j} must be an object with a string 'name' and an object 'arguments'")
         out.append({"name": call["name"], "arguments": call["arguments"]})
     return out
 

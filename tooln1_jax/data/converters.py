@@ -35,9 +35,8 @@ def from_xlam(rows: Iterable) -> Converted:
         if problem:
             out.dropped[problem] += 1
             continue
-        row_id = row.get("id", index)
         messages = [{"role": "user", "content": str(row["query"])}]
-        out.records.append(make_record(f"xlam-{row_id}", "xlam", None, tools, messages, answer))
+        out.records.append(make_record(f"xlam-{row.get('id', index)}", "xlam", None, tools, messages, answer))
     return out
 
 
@@ -67,26 +66,19 @@ def _dialogue_examples(out: Converted, source: str, row_index: int, system: str 
     """
     messages, made_any_call = [], False
     for turn_index, turn in enumerate(turns):
-        role = ROLE_ALIASES[turn["from"]]
-        value = str(turn["value"])
-        if role != "assistant":
-            messages.append({"role": role, "content": value})
-            continue
-        calls, problem = parse_call(value, turn["from"])
+        role, value = ROLE_ALIASES[turn["from"]], str(turn["value"])
+        calls, problem = parse_call(value, turn["from"]) if role == "assistant" else (None, None)
+        made_any_call = made_any_call or calls is not None or problem is not None  # a broken call turn counts
         if calls is None:
-            if problem:
-                out.dropped[problem] += 1
-                made_any_call = True
-            messages.append({"role": "assistant", "content": value})
-            continue
-        made_any_call = True
-        problem = EMPTY_CONTEXT if not messages else answer_problem(calls, tools)
+            messages.append({"role": role, "content": value})
+        else:
+            problem = EMPTY_CONTEXT if not messages else answer_problem(calls, tools)
+            if not problem:
+                record_id = f"{source}-{row_index}@{turn_index}"
+                out.records.append(make_record(record_id, source, system, tools, list(messages), calls))
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls})
         if problem:
             out.dropped[problem] += 1
-        else:
-            record_id = f"{source}-{row_index}@{turn_index}"
-            out.records.append(make_record(record_id, source, system, tools, list(messages), calls))
-        messages.append({"role": "assistant", "content": "", "tool_calls": calls})
     if not made_any_call:
         out.dropped[NO_CALL_TURN] += 1
 

@@ -41,25 +41,15 @@ def split_by_group(examples: list[dict], *, seed: int, test_fraction: float, sal
 
 
 def _drop_duplicate_ids(examples: list[dict]) -> tuple[list[dict], Counter]:
-    seen, kept, dropped = set(), [], Counter()
+    first = {}  # the first example of each id, in input order
     for r in examples:
-        if r["id"] in seen:
-            dropped[DUPLICATE_ID] += 1
-        else:
-            seen.add(r["id"])
-            kept.append(r)
-    return kept, dropped
+        first.setdefault(r["id"], r)
+    return list(first.values()), Counter({DUPLICATE_ID: len(examples) - len(first)})
 
 
 def _count_duplicate_examples(examples: list[dict]) -> int:
     keys = [json.dumps([r["system"], r["tools"], r["messages"], r["answer"]], sort_keys=True) for r in examples]
     return len(keys) - len(set(keys))
-
-
-def _load_tokenizer(tokenizer_dir: str | None):
-    if tokenizer_dir is not None and not assets.has_tokenizer(tokenizer_dir):
-        raise records.DataError(f"{tokenizer_dir}: no tokenizer files (tokenizer.json or vocab.json) there")
-    return assets.load_tokenizer(tokenizer_dir)
 
 
 def _source_line(kind: str, s: dict) -> str:
@@ -78,7 +68,9 @@ def run(sources: dict[str, str], out: str, *, seed: int = 0, test_fraction: floa
         raise records.DataError("no --source given")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    if tokenizer_dir is not None and not assets.has_tokenizer(tokenizer_dir):
+        raise records.DataError(f"{tokenizer_dir}: no tokenizer files (tokenizer.json or vocab.json) there")
+    tokenizer = assets.load_tokenizer(tokenizer_dir)
 
     stats = {"settings": {"seed": seed, "test_fraction": test_fraction, "max_prompt_tokens": max_prompt_tokens,
                           "tokenizer": tokenizer_dir or "shipped Qwen2.5-Instruct",

@@ -71,10 +71,7 @@ def load(benchmark: str, categories: list[str] | None = None, limit: int | None 
     if unknown:
         raise ValueError(f"unknown {benchmark} categories {unknown}; known: {', '.join(known)}")
     loader = {"bfcl": _load_bfcl, "acebench": _load_acebench, "apibank": _load_apibank}[benchmark]
-    examples = []
-    for category in wanted:
-        examples += loader(category)[:limit] if limit is not None else loader(category)
-    return examples
+    return [example for category in wanted for example in loader(category)[:limit]]  # [:None]: all
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -113,9 +110,8 @@ def _field(row: dict, key: str, path: Path) -> Any:
 def _load_bfcl(category: str) -> list[Example]:
     root = assets.path("benchmarks", "bfcl_v3")
     path = root / f"BFCL_v3_{category}.json"
-    truth = None
-    if category not in bfcl_checker.RELEVANCE_CATEGORIES:
-        truth = _ground_truth_by_id(root / "possible_answer" / path.name)
+    answers = root / "possible_answer" / path.name
+    truth = None if category in bfcl_checker.RELEVANCE_CATEGORIES else _ground_truth_by_id(answers)
     examples = []
     for row in read_jsonl(path):
         example_id = _field(row, "id", path)
@@ -254,12 +250,10 @@ def _load_apibank(category: str) -> list[Example]:
 def _apibank_history(turns: list[dict]) -> list[dict]:
     messages = []
     for turn in turns:
-        if turn["role"] == "User":
-            messages.append({"role": "user", "content": turn["text"]})
-        elif turn["role"] == "AI":
-            messages.append({"role": "assistant", "content": turn["text"]})
-        else:
+        if turn["role"] == "API":
             messages.append({"role": "assistant", "content": "",
                              "tool_calls": [{"name": turn["api_name"], "arguments": turn["param_dict"]}]})
             messages.append({"role": "tool", "content": json.dumps(turn["result"]["output"])})
+        else:
+            messages.append({"role": {"User": "user", "AI": "assistant"}[turn["role"]], "content": turn["text"]})
     return messages

@@ -76,21 +76,16 @@ class Rollout:
 
 def reply_ids(rollout: Rollout, stop_ids: Sequence[int]) -> list[list[int]]:
     """Each row's generated token ids without its final stop token."""
-    out = []
-    for row, n in zip(rollout.tokens, rollout.lengths):
-        ids = row[:int(n)].tolist()
-        out.append(ids[:-1] if ids and ids[-1] in stop_ids else ids)
-    return out
+    replies = [row[:int(n)].tolist() for row, n in zip(rollout.tokens, rollout.lengths)]
+    return [ids[:-1] if ids and ids[-1] in stop_ids else ids for ids in replies]
 
 
 def concatenate(parts: Sequence[Rollout]) -> Rollout:
     """Rollouts of consecutive prompt chunks as one (prompt_index counts across the chunks, stats add up)."""
     offsets = np.cumsum([0] + [int(p.prompt_index.max()) + 1 for p in parts[:-1]])
-    return Rollout(tokens=np.concatenate([p.tokens for p in parts]),
-                   lengths=np.concatenate([p.lengths for p in parts]),
-                   logprobs=np.concatenate([p.logprobs for p in parts]),
-                   prompt_index=np.concatenate([p.prompt_index + o for p, o in zip(parts, offsets)]),
-                   finish_reason=np.concatenate([p.finish_reason for p in parts]),
+    joined = {name: np.concatenate([getattr(p, name) for p in parts])
+              for name in ("tokens", "lengths", "logprobs", "finish_reason")}
+    return Rollout(**joined, prompt_index=np.concatenate([p.prompt_index + o for p, o in zip(parts, offsets)]),
                    stats=sum((p.stats for p in parts), RolloutStats()))
 
 

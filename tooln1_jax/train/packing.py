@@ -76,7 +76,7 @@ class PackedGroups:
         out[self.sample[filled]] = slab[filled]
         return out
 
-    def pad_to(self, rows: int, length: int, slots: int, reply: int) -> "PackedGroups":
+    def pad_to(self, rows: int, length: int, slots: int, reply: int) -> PackedGroups:
         """The same layout in a larger shape (so that every host's batch has one shape)."""
         if any(new < old for new, old in zip((rows, length, slots, reply), self.shape)):
             raise ValueError(f"pad_to{(rows, length, slots, reply)} is smaller than {self.shape}")
@@ -164,13 +164,10 @@ def pack_groups(prompts: Sequence[Sequence[int]], replies: Sequence[Sequence[Seq
         raise ValueError(f"a reply of {longest_reply} tokens exceeds the reply width {width}")
     first_sample = np.cumsum([0] + [len(rs) for rs in replies])
 
-    tokens = np.zeros((num_rows, length), np.int32)
-    positions = np.zeros_like(tokens)
-    segment_ids = np.zeros_like(tokens)
-    prefix_ids = np.full_like(tokens, -1)
-    predict = np.zeros((num_rows, slots, width), np.int32)
-    targets = np.zeros_like(predict)
-    response_mask = np.zeros(predict.shape, np.float32)
+    tokens, positions, segment_ids = (np.zeros((num_rows, length), np.int32) for _ in range(3))
+    prefix_ids = np.full((num_rows, length), -1, np.int32)
+    predict, targets = (np.zeros((num_rows, slots, width), np.int32) for _ in range(2))
+    response_mask = np.zeros((num_rows, slots, width), np.float32)
     sample = np.full((num_rows, slots), -1, np.int32)
     for r, row in enumerate(assignment):
         col, slot = 0, 0

@@ -64,13 +64,12 @@ class Rewards:
                    {k: v[i:i + self.CHUNK] for k, v in columns.items()}) for i in starts]
         results = list(self._pool.map(plugins.score_chunk, *zip(*chunks)) if self._pool and chunks
                        else (plugins.score_chunk(*c) for c in chunks))
-        rewards = np.array([x for r in results for x in r[0]], np.float32)
-        extra = {"exact_match": np.array([x for r in results for x in r[2]], np.float32),
-                 "format_ok": np.array([x for r in results for x in r[3]], np.float32)}
+        column = lambda i: np.array([x for r in results for x in r[i]], np.float32)  # noqa: E731  over the chunks
+        extra = {"exact_match": column(2), "format_ok": column(3)}
         if len(self.specs) > 1:  # each function's mean over the replies it applies to
             for spec in self.specs:
                 extra[spec] = np.array([np.nan if x is None else x for r in results for x in r[1][spec]], np.float32)
-        return rewards, extra
+        return column(0), extra
 
     def _prompt_texts(self, records) -> list[str]:
         unique = {id(r): r for r in records}  # a prompt's G rows share one record object
