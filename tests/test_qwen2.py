@@ -120,12 +120,12 @@ def test_compute_dtype_bfloat16_keeps_float32_logits_and_is_close():
 @pytest.mark.parametrize("name", presets.NAMES)
 def test_preset_parameter_counts_equal_transformers(name):
     import torch
-    from transformers import Qwen2Config as HFConfig
-    from transformers import Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     hf = presets.hf_config(name)
     with torch.device("meta"):
-        reference = sum(p.numel() for p in Qwen2ForCausalLM(HFConfig(**hf)).parameters())
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf))
+        reference = sum(p.numel() for p in model.parameters())
     config = presets.preset(name)
     shapes, _ = qwen2.abstract_params(config)
     assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == reference

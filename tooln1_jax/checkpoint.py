@@ -103,8 +103,8 @@ def remove_unfinished(directory: Path) -> list[Path]:
 def check_compatible(saved: dict, config: Qwen2Config, where: str) -> None:
     """A clear error when a checkpoint was written for another model shape."""
     ours, theirs = config.to_hf(), saved["hf"]
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "tie_word_embeddings")
+    keys = ("model_type", "attention_bias", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings")
     diffs = [f"{k}: checkpoint {theirs.get(k)!r}, config {ours.get(k)!r}" for k in keys if theirs.get(k) != ours.get(k)]
     if diffs:
         raise ValueError(f"{where}: the checkpoint is of another model shape ({'; '.join(diffs)})")
@@ -150,9 +150,8 @@ def _restore_model(run_dir: Path, step: int | None, mesh, dtype: str | None):
     config = model_config_from_dict(checkpoints.meta(step)["model"], f"{run_dir} step {step}")
     if dtype:
         config = config.replace(dtype=dtype)
-    mesh = mesh or parallel.single_device_mesh()
     shapes, logical = qwen2.abstract_params(config)
-    shardings = parallel.shardings(shapes, logical, mesh)
+    shardings = parallel.shardings(shapes, logical, mesh or parallel.single_device_mesh())
     like = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     params = checkpoints.restore_params(step, like)
     checkpoints.close()

@@ -33,7 +33,9 @@ def _every_lora_target() -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None  # HF directory, HF hub id, or .gguf file; None: random initialisation (below)
-    preset: str | None = None  # random init of a Qwen2.5 shape ("0.5b" ... "72b") when path is None
+    # random init of a preset shape when path is None: "qwen2.5-0.5b" ... "qwen2.5-72b" (a bare "7b" is Qwen2.5),
+    # "qwen3-0.6b" ... "qwen3-32b" (models/presets.py)
+    preset: str | None = None
     # the random-init shape, all of it needed when neither path nor preset is given (no default: a model's size)
     hidden_size: int | None = None
     intermediate_size: int | None = None
@@ -62,7 +64,9 @@ class DataConfig:
     # of prepared records, or KIND=PATH for a raw source converted on the fly (xlam|toolace|sharegpt|tooln1)
     train: str = "data/tooln1"  # the recipe's `tooln1 prepare-data --out data/tooln1`
     test: str | None = "data/tooln1"  # held-out records for validation (None: no validation)
-    tokenizer: str | None = None  # default: the model directory's, else the shipped Qwen2.5 tokenizer
+    # default: the model directory's, else the shipped Qwen2.5 tokenizer (for a Qwen2 model only: a Qwen3 model
+    # without tokenizer files is an error naming this key)
+    tokenizer: str | None = None
     max_prompt_tokens: int = 4096
     native_tools: bool = False  # the chat template's tools= branch instead of the Tool-N1 system prompt
     shuffle: bool = True
@@ -487,9 +491,9 @@ def validate(config: RunConfig) -> None:
     unset = [f"model.{name}" for name in RANDOM_INIT_SHAPE if getattr(m, name) is None]
     if not m.path and not m.preset and unset:
         raise ConfigError(f"no model: set model.path (an HF directory, hub id or .gguf file), model.preset (a "
-                          f"Qwen2.5 shape, randomly initialised) or the whole random-init shape ({', '.join(unset)} "
-                          "unset). The defaults are the reference recipe, without a model; `tooln1 train` with no "
-                          "--config and no --set runs the CPU demo (configs/demo.yaml)")
+                          f"Qwen2.5 or Qwen3 shape, randomly initialised) or the whole random-init shape "
+                          f"({', '.join(unset)} unset). The defaults are the reference recipe, without a model; "
+                          "`tooln1 train` with no --config and no --set runs the CPU demo (configs/demo.yaml)")
     if t.steps is None and config.data.num_epochs is None:
         raise ConfigError("train.steps and data.num_epochs are both null: set one of them, the run's length "
                           "(train.steps wins when both are set)")

@@ -6,8 +6,10 @@ No jax import here: the data, reward and checker code use these paths too.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import struct
 from pathlib import Path
 
 from tooln1_jax import paths
@@ -35,7 +37,8 @@ def has_tokenizer(model_dir: str | os.PathLike) -> bool:
 def tokenizer_dir_for(model: str | os.PathLike | None) -> tuple[Path, str]:
     """(directory to read the tokenizer from, why) for a model as `model.path` names it: the model directory's own
     files; for a run (or checkpoint) directory, those of the model it was trained from; for a hub id, its files in
-    the local Hugging Face cache; otherwise (a .gguf file, no files) the shipped Qwen2.5 tokenizer."""
+    the local Hugging Face cache; otherwise (a .gguf file, no files) the shipped Qwen2.5 tokenizer, unless the model
+    says it is not a Qwen2 model (`_shipped_tokenizer_for`)."""
     if model is None:
         return TOKENIZER_DIR, "the shipped Qwen2.5 tokenizer (no model given)"
     p = paths.path(model)
@@ -51,13 +54,50 @@ def tokenizer_dir_for(model: str | os.PathLike | None) -> tuple[Path, str]:
             if source:
                 found, why = tokenizer_dir_for(source)
                 return found, f"{why}, of {source} (the model of run {run_dir})"
-        return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer ({p} has no tokenizer files)"
+        return _shipped_tokenizer_for(p, f"{p} has no tokenizer files")
     if p.exists():
-        return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer (the tokenizer inside {p.name} is not read)"
+        return _shipped_tokenizer_for(p, f"the tokenizer inside {p.name} is not read")
     cached = _hub_cached_tokenizer(str(model))
     if cached is not None:
         return cached, f"the local Hugging Face cache of {model}"
     return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer ({model!r} is neither a path nor a hub id with a cached tokenizer)"
+
+
+def _shipped_tokenizer_for(model: Path, why: str) -> tuple[Path, str]:
+    """(the shipped Qwen2.5 tokenizer, why) for a local model without tokenizer files of its own; an error for a model
+    whose files name another model type (a Qwen3 model has its own vocabulary and chat template)."""
+    model_type = None if paths.is_remote(model) else _local_model_type(model)
+    if model_type not in (None, "qwen2"):
+        raise ValueError(f"{model}: a {model_type} model without tokenizer files ({why}), and the shipped tokenizer is "
+                         "Qwen2.5's: set data.tokenizer to a directory holding the model's own tokenizer files (or put "
+                         "them next to its weights)")
+    return TOKENIZER_DIR, f"the shipped Qwen2.5 tokenizer ({why})"
+
+
+def _local_model_type(model: Path) -> str | None:
+    """The model_type in a model directory's config.json, or a GGUF file's general.architecture; None when the
+    files do not say."""
+    if not model.is_dir():
+        return _gguf_architecture(model)
+    try:
+        return json.loads((model / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _gguf_architecture(path: Path) -> str | None:
+    """general.architecture of a GGUF file, read from its first metadata entry, where llama.cpp's writer puts it;
+    None for another file or another first entry (the rest of the file is not read)."""
+    key = b"general.architecture"
+    size = 24 + 8 + len(key) + 4 + 8  # magic, version, counts; the key's length and bytes; the value's type and length
+    with open(path, "rb") as f:
+        header = f.read(size)
+        if len(header) < size or header[:4] != b"GGUF" or header[24:32 + len(key)] != struct.pack("<Q", len(key)) + key:
+            return None
+        value_type, value_length = struct.unpack_from("<IQ", header, 32 + len(key))
+        if value_type != 8:  # GGUF's string type
+            return None
+        return f.read(min(value_length, 256)).decode("utf-8", errors="replace")
 
 
 def _hub_cached_tokenizer(repo_id: str) -> Path | None:

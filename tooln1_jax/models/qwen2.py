@@ -1,8 +1,10 @@
-"""Qwen2 / Qwen2.5 decoder: parameters declared with Flax, the model as plain functions.
+"""Qwen2 / Qwen2.5 and dense Qwen3 decoders: parameters declared with Flax, the model as plain functions.
 
 Architecture (as transformers' `Qwen2ForCausalLM`): token embedding, N x [RMSNorm -> grouped-query attention with
 rotary embeddings and q/k/v biases (no o bias) -> residual, RMSNorm -> SwiGLU MLP -> residual], final RMSNorm, LM head
-(tied to the embedding or separate).
+(tied to the embedding or separate). Qwen3 (`Qwen3ForCausalLM`, `model_type` "qwen3") differs in its attention only:
+an RMSNorm of each query and key head (over head_dim) between the projection and RoPE, and biases on q, k, v and o
+together or not at all (`attention_bias`, off in the released models).
 
 `decoder_layer` is the one block: its attention is a function passed in, so the training forward (`hidden_states`:
 the layers stacked on a leading "layers" axis and run with `lax.scan`, one compile per shape whatever the depth;
@@ -39,6 +41,10 @@ LORA_SUFFIX = "_lora"  # the adapter of projection <name> is its sibling <name>_
 DTYPES = ("float32", "bfloat16", "float16")  # compute and parameter dtypes
 HF_SHAPE_KEYS = (  # the config.json keys `from_hf` requires
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+HF_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}  # model_type -> transformers class
+MODEL_TYPES = tuple(HF_ARCHITECTURES)
+UNSUPPORTED_MOE = {"qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}  # refused by name
+QWEN3_HEAD_DIM = 128  # transformers' Qwen3Config default when config.json has no head_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Qwen2Config:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    model_type: str = "qwen2"  # "qwen3": q/k RMSNorm per head before RoPE (`qk_norm`)
+    attention_bias: bool = False  # Qwen3's biases on q, k, v and o (Qwen2 always has q/k/v biases, never an o bias)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: bool | str = False  # backward-pass recomputation: none/False, dots (keep matmul outputs), full/True
@@ -73,6 +81,10 @@ class Qwen2Config:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                                  f"num_attention_heads {self.num_attention_heads}")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.attention_bias and self.model_type == "qwen2":
+            raise ValueError("attention_bias is a qwen3 option: a qwen2 model has q/k/v biases and no o bias")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
@@ -95,6 +107,16 @@ class Qwen2Config:
         """"none", "dots" or "full" (True/False are the older spelling of full/none)."""
         return {True: "full", False: "none"}.get(self.remat, self.remat)
 
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3's RMSNorm of each query and key head over head_dim, before RoPE."""
+        return self.model_type == "qwen3"
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Biases on the q, k and v projections."""
+        return self.model_type == "qwen2" or self.attention_bias
+
     def replace(self, **changes) -> "Qwen2Config":
         return dataclasses.replace(self, **changes)
 
@@ -102,19 +124,15 @@ class Qwen2Config:
     def num_params(self) -> int:
         e, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        attn = e * q + q + 2 * (e * kv + kv) + q * e
-        layer = attn + 3 * e * f + 2 * e
+        attn = 2 * e * q + 2 * e * kv + self.qkv_bias * (q + 2 * kv) + self.attention_bias * e
+        layer = attn + self.qk_norm * 2 * self.head_dim + 3 * e * f + 2 * e
         return v * e + l * layer + e + (0 if self.tie_word_embeddings else e * v)
 
     # ---- Hugging Face config.json ------------------------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf: dict, *, source: str = "config.json", **runtime) -> "Qwen2Config":
         """Build from an HF `config.json` dict; a clear error for another architecture or an unsupported option."""
-        model_type = hf.get("model_type")
-        archs = hf.get("architectures") or []
-        if model_type != "qwen2" and "Qwen2ForCausalLM" not in archs:
-            raise ValueError(f"{source}: model_type {model_type!r} (architectures {archs}) is not a Qwen2 model; "
-                             "only Qwen2/Qwen2.5 decoders (model_type 'qwen2') are supported")
+        model_type = _hf_model_type(hf, source)
         if hf.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
         rope, scaling = hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}
@@ -124,24 +142,28 @@ class Qwen2Config:
         missing = [k for k in HF_SHAPE_KEYS if k not in hf]
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}")
+        qwen3 = model_type == "qwen3"
         return cls(
             **{k: int(hf[k]) for k in HF_SHAPE_KEYS},
             num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-            head_dim=hf.get("head_dim"),
+            head_dim=hf.get("head_dim", QWEN3_HEAD_DIM if qwen3 else None),
             max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
             rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             initializer_range=float(hf.get("initializer_range", 0.02)),
+            model_type=model_type,
+            attention_bias=qwen3 and bool(hf.get("attention_bias", False)),
             **runtime,
         )
 
     def to_hf(self) -> dict:
-        """An HF `config.json` dict that transformers 4.x and 5.x read as the same Qwen2 model."""
+        """An HF `config.json` dict that transformers 4.x and 5.x read as the same Qwen2 or Qwen3 model."""
         return {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+            "architectures": [HF_ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
             **{k: getattr(self, k) for k in HF_SHAPE_KEYS + ("num_key_value_heads", "head_dim")},
+            **({"attention_bias": self.attention_bias} if self.model_type == "qwen3" else {}),
             "hidden_act": "silu",
             "max_position_embeddings": self.max_position_embeddings,
             "rope_theta": self.rope_theta,
@@ -157,6 +179,24 @@ class Qwen2Config:
             "torch_dtype": self.param_dtype,
             "use_cache": True,
         }
+
+
+def _hf_model_type(hf: dict, source: str = "config.json") -> str:
+    """The supported model_type ("qwen2" or "qwen3") of an HF config dict, by its model_type or else its
+    architectures; a mixture-of-experts Qwen is refused by name, anything else with both supported types named."""
+    model_type, archs = hf.get("model_type"), hf.get("architectures") or []
+    moe = [name for name, arch in UNSUPPORTED_MOE.items() if model_type == name or arch in archs]
+    if moe:
+        raise ValueError(f"{source}: model_type {moe[0]!r} (architectures {archs}) is a mixture-of-experts model, "
+                         "which is not supported; only dense decoders are")
+    if model_type in HF_ARCHITECTURES:
+        return model_type
+    for name, arch in HF_ARCHITECTURES.items():
+        if arch in archs:
+            return name
+    raise ValueError(f"{source}: model_type {model_type!r} (architectures {archs}) is not a Qwen2 or Qwen3 model; "
+                     "only Qwen2/Qwen2.5 (model_type 'qwen2') and dense Qwen3 (model_type 'qwen3') decoders are "
+                     "supported")
 
 
 # ---- parameters ---------------------------------------------------------------------------------------------------
@@ -198,11 +238,16 @@ def _declarations(config: Qwen2Config) -> tuple:
     the head is untied, params["lm_head"]["kernel"]."""
     c = config
     e, f, h, kv, d = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    norm = (("scale", _Param(nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (e,))),)
-    attn = (_projection(c, "q_proj", (e,), ("embed",), (h, d), ("heads", "head_dim"), True)
-            + _projection(c, "k_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), True)
-            + _projection(c, "v_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), True)
-            + _projection(c, "o_proj", (h, d), ("heads", "head_dim"), (e,), ("embed",), False))
+    ones = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))  # "norm": replicated
+    norm, head_norm = (("scale", _Param(ones, (e,))),), (("scale", _Param(ones, (d,))),)
+    attn = (_projection(c, "q_proj", (e,), ("embed",), (h, d), ("heads", "head_dim"), c.qkv_bias)
+            + _projection(c, "k_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), c.qkv_bias)
+            + _projection(c, "v_proj", (e,), ("embed",), (kv, d), ("kv_heads", "head_dim"), c.qkv_bias)
+            + _projection(c, "o_proj", (h, d), ("heads", "head_dim"), (e,), ("embed",), c.attention_bias))
+    # Qwen3's q/k norms: one scale over head_dim shared by all heads, on the "norm" axis (not "head_dim", which the
+    # rollout's decode layout joins with the heads axis)
+    if c.qk_norm:
+        attn += (("q_norm", head_norm), ("k_norm", head_norm))
     mlp = (_projection(c, "gate_proj", (e,), ("embed",), (f,), ("mlp",), False)
            + _projection(c, "up_proj", (e,), ("embed",), (f,), ("mlp",), False)
            + _projection(c, "down_proj", (f,), ("mlp",), (e,), ("embed",), False))
@@ -311,8 +356,11 @@ def decoder_layer(config: Qwen2Config, p: Params, x: jax.Array, cos: jax.Array, 
     attn, mlp = p["self_attn"], p["mlp"]
     normed = rms_norm(config, x, p["input_layernorm"]["scale"])
     heads = lambda name, n: _linear(config, attn, name, normed).reshape(b, t, n, d)  # noqa: E731
-    q = constrain(apply_rope(heads("q_proj", h), cos, sin), HEADS)
-    k = constrain(apply_rope(heads("k_proj", kv), cos, sin), KV_HEADS)
+    q, k = heads("q_proj", h), heads("k_proj", kv)
+    if config.qk_norm:
+        q, k = rms_norm(config, q, attn["q_norm"]["scale"]), rms_norm(config, k, attn["k_norm"]["scale"])
+    q = constrain(apply_rope(q, cos, sin), HEADS)
+    k = constrain(apply_rope(k, cos, sin), KV_HEADS)
     v = constrain(heads("v_proj", kv), KV_HEADS)
     out, aux = attend(q, k, v)
     o_in = attn["o_proj"]["kernel"].shape[:-1]  # (H, D) or the rollout's (H * D,)

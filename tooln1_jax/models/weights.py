@@ -1,4 +1,4 @@
-"""Qwen2 weights in and out: HF safetensors (single file or sharded index), HF hub ids, GGUF files.
+"""Qwen2 and Qwen3 weights in and out: HF safetensors (single file or sharded index), HF hub ids, GGUF files.
 
 `load` validates every tensor name and shape against the config before it allocates anything, then places the
 tensors one at a time straight onto their shards of the target mesh (stacked layer tensors are filled layer by
@@ -103,11 +103,17 @@ def tensor_maps(config: Qwen2Config) -> list[TensorMap]:
                         ("v_proj", config.num_key_value_heads)):
         maps.append(TensorMap(("model", "layers", "self_attn", proj, "kernel"), attn + proj + ".weight",
                               *heads_in(heads)))
-        maps.append(TensorMap(("model", "layers", "self_attn", proj, "bias"), attn + proj + ".bias",
-                              *heads_bias(heads)))
+        if config.qkv_bias:
+            maps.append(TensorMap(("model", "layers", "self_attn", proj, "bias"), attn + proj + ".bias",
+                                  *heads_bias(heads)))
     h = config.num_attention_heads
     maps.append(TensorMap(("model", "layers", "self_attn", "o_proj", "kernel"), attn + "o_proj.weight",
                           lambda w: w.T.reshape(h, d, e), lambda k: k.reshape(h * d, e).T))
+    if config.attention_bias:
+        maps.append(TensorMap(("model", "layers", "self_attn", "o_proj", "bias"), attn + "o_proj.bias", same, same))
+    if config.qk_norm:
+        for norm in ("q_norm", "k_norm"):
+            maps.append(TensorMap(("model", "layers", "self_attn", norm, "scale"), f"{attn}{norm}.weight", same, same))
     for proj in ("gate_proj", "up_proj", "down_proj"):
         maps.append(TensorMap(("model", "layers", "mlp", proj, "kernel"), f"model.layers.{{i}}.mlp.{proj}.weight",
                               transpose, transpose))
@@ -206,7 +212,7 @@ class SafetensorsSource(TensorSource):
         return str(self.dir / self._file_of[name]) if name in self._file_of else str(self.dir)
 
 
-# llama.cpp tensor names of the qwen2 architecture -> HF names
+# llama.cpp tensor names of the qwen2 and qwen3 architectures -> HF names
 _GGUF_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -215,7 +221,8 @@ _GGUF_NAMES = {
 _GGUF_LAYER_NAMES = {  # blk.{i}.<key> -> model.layers.{i}.<value>
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
     **{f"attn_{x}.{p}": f"self_attn.{x}_proj.{p}" for x in "qkv" for p in ("weight", "bias")},
-    "attn_output.weight": "self_attn.o_proj.weight",
+    **{f"attn_output.{p}": f"self_attn.o_proj.{p}" for p in ("weight", "bias")},
+    **{f"attn_{x}_norm.weight": f"self_attn.{x}_norm.weight" for x in "qk"},  # qwen3
     **{f"ffn_{x}.weight": f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")},
 }
 
@@ -230,15 +237,14 @@ def gguf_to_hf_name(name: str) -> str | None:
 
 
 class GGUFSource(TensorSource):
-    """A llama.cpp GGUF file of architecture qwen2; quantized tensors are dequantized to float32 one at a time.
+    """A llama.cpp GGUF file of architecture qwen2 or qwen3; quantized tensors are dequantized to float32 one at a
+    time. Neither architecture permutes the q/k rows (llama.cpp does that for llama only).
 
     A GGUF that stores `output.weight` keeps its own (separately quantized) output projection, so it loads as an
     untied head, as transformers and llama.cpp read it; without it the head is tied to the embedding.
     """
 
     def __init__(self, path: str | os.PathLike):
-        import gguf
-
         self.path = Path(path)
         self.description = str(self.path)
         if not self.path.exists():
@@ -249,31 +255,34 @@ class GGUFSource(TensorSource):
         except Exception as e:  # the reader raises assorted errors on a damaged file
             raise ValueError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
         arch = self._field("general.architecture")
-        if arch != "qwen2":
-            raise ValueError(f"{self.path}: general.architecture is {arch!r}; only 'qwen2' GGUF files are supported")
+        if arch not in qwen2.MODEL_TYPES:
+            raise ValueError(f"{self.path}: general.architecture is {arch!r}; only 'qwen2' and 'qwen3' GGUF files "
+                             "are supported")
         self._tensors = {}
         for t in self.reader.tensors:
             hf_name = gguf_to_hf_name(t.name)
             if hf_name is None:
-                raise ValueError(f"{self.path}: unexpected tensor {t.name!r} for a qwen2 model")
+                raise ValueError(f"{self.path}: unexpected tensor {t.name!r} for a {arch} model")
             self._tensors[hf_name] = t
         embed = self._tensors.get("model.embed_tokens.weight")
         if embed is None:
             raise ValueError(f"{self.path}: no token_embd.weight tensor")
-        hidden = int(self._field("qwen2.embedding_length"))
-        heads = int(self._field("qwen2.attention.head_count"))
+        hidden = int(self._field(f"{arch}.embedding_length"))
+        heads = int(self._field(f"{arch}.attention.head_count"))
         self.hf_config = {
-            "model_type": "qwen2",
+            "model_type": arch,
             "vocab_size": int(embed.shape[1]),  # GGUF shapes are [row length, rows]
             "hidden_size": hidden,
-            "intermediate_size": int(self._field("qwen2.feed_forward_length")),
-            "num_hidden_layers": int(self._field("qwen2.block_count")),
+            "intermediate_size": int(self._field(f"{arch}.feed_forward_length")),
+            "num_hidden_layers": int(self._field(f"{arch}.block_count")),
             "num_attention_heads": heads,
-            "num_key_value_heads": int(self._field("qwen2.attention.head_count_kv", heads)),
-            "max_position_embeddings": int(self._field("qwen2.context_length", 32768)),
-            "rope_theta": float(self._field("qwen2.rope.freq_base", 10000.0)),
-            "rms_norm_eps": float(self._field("qwen2.attention.layer_norm_rms_epsilon", 1e-6)),
+            "num_key_value_heads": int(self._field(f"{arch}.attention.head_count_kv", heads)),
+            "head_dim": int(self._field(f"{arch}.attention.key_length", hidden // heads)),  # llama.cpp's default
+            "max_position_embeddings": int(self._field(f"{arch}.context_length", 32768)),
+            "rope_theta": float(self._field(f"{arch}.rope.freq_base", 10000.0)),
+            "rms_norm_eps": float(self._field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "attention_bias": "model.layers.0.self_attn.o_proj.bias" in self._tensors,  # read for qwen3 only
         }
 
     def _field(self, key, default=None):
