@@ -57,6 +57,19 @@ def test_demo_step_compiles_and_fits_a_v5e_slice(tmp_path, capsys):
     assert update["xla_flops"] < 0.5 * update["flops"]
 
 
+
+def test_a_qwen3_step_compiles_with_its_head_norms(tmp_path):
+    """Qwen3's shape (q/k norms, no attention biases, head_dim apart from hidden/heads) through every program."""
+    out = tmp_path / "report.json"
+    code = cli.main(["compile", "--config", DEMO, "--topology", "v5e:2x2", "--set", "model.preset=qwen3-0.6b",
+                     "--set", "sft.warm_start_steps=0", "--set", "rollout.max_new_tokens=16",
+                     "--set", "data.max_prompt_tokens=512", "--set", "model.remat=full", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0 and report["fits"] is True, report
+    assert report["model"]["params"] == 596_049_920  # Qwen3-0.6B's count, the q/k norms included
+    flops = {p["name"]: p["flops"] for p in report["programs"]}
+    assert len(flops) == 10 and all(flops[name] > 0 for name in ("rollout_prefill", "rollout_decode", "update"))
+
 def test_loop_bodies_count_their_trip_counts(v5e):
     """XLA's cost analysis counts a loop body once; `matmul_cost` counts it per iteration, and agrees with XLA on
     the same loops counted once."""

@@ -79,11 +79,12 @@ def model_config(cfg: RunConfig, config_path: str | None) -> Qwen2Config:
     try:
         model = build_config(cfg)
     except FileNotFoundError:
-        match = re.search(r"qwen2_5_(\d+(?:_\d+)?b)", os.path.basename(config_path or ""))
+        match = re.search(r"(qwen2_5|qwen3)_(\d+(?:_\d+)?b)", os.path.basename(config_path or ""))
         if not match:
             raise
         m = cfg.model
-        model = presets.preset(match.group(1).replace("_", "."), param_dtype=m.param_dtype, remat=m.remat,
+        name = "-".join(part.replace("_", ".") for part in match.groups())  # qwen2_5_7b -> qwen2.5-7b
+        model = presets.preset(name, param_dtype=m.param_dtype, remat=m.remat,
                                attention=m.attention, head=m.head, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
                                lora_targets=tuple(m.lora_targets))
     return model.replace(dtype="bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype,

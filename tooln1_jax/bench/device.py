@@ -145,7 +145,8 @@ def transformers_generate(config, p: dict, backend: str) -> dict:
         return {"skipped": f"torch {torch.__version__} has no device for the jax backend {backend!r}"}
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[config.dtype]
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**config.to_hf())).to(device, dtype).eval()
+    hf = transformers.AutoConfig.for_model(**config.to_hf())  # Qwen2 or Qwen3
+    model = transformers.AutoModelForCausalLM.from_config(hf).to(device, dtype).eval()
     ids = torch.randint(0, config.vocab_size, (p["prompts"], p["prompt_len"]), device=device)
     rows, n = p["prompts"] * p["group"], p["new_tokens"]
 

@@ -52,7 +52,7 @@ def _models_and_prompts(preset, layers, seed, dtype, prompts: int, prompt_len: i
     if layers:
         hf_config["num_hidden_layers"] = layers
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_config)).eval()
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_config)).eval()
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     if hf_config["tie_word_embeddings"]:
         arrays.pop("lm_head.weight", None)
